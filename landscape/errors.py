@@ -1,0 +1,11 @@
+"""The one exception type for user mistakes: the CLI prints its message as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the job's input that the user can fix; the message names the problem and the fix."""
+
+
+#: Exit codes of `landscape` / plot_surface.py (documented in README.md).
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 75  # stopped by SIGTERM/SIGUSR1/SIGINT: the file is consistent, rerun to resume

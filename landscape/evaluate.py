@@ -1,0 +1,103 @@
+"""Per-point evaluation of loss and accuracy at θ = θ* + αδ + βη.
+
+The point is written in place into the model's own tensors: copy θ* back, then
+add α·δ and β·η with fused multi-tensor ops, so nothing is allocated per point
+and no error accumulates from point to point. Data stay on the device; sums
+are accumulated on the device in float64 and read back once per point.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Split
+from .directions import Direction, target_tensors
+from .errors import UserError
+
+LOSSES = ("crossentropy", "mse")
+
+
+def summed_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of the per-sample loss.
+
+    crossentropy: -log softmax(z)_y.  mse: mean over classes of (softmax(z) - onehot(y))^2
+    (the reference implementation's MSE on softmax outputs)."""
+    if name == "crossentropy":
+        return F.cross_entropy(logits, labels, reduction="sum")
+    if name == "mse":
+        onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return (logits.softmax(1) - onehot).pow(2).mean(1).sum()
+    raise UserError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+
+
+class SurfaceEvaluator:
+    """Loss and accuracy (percent) over each split at a batch of grid coordinates.
+
+    metrics: ['<split>/loss', '<split>/acc', ...] in the order of the returned columns."""
+
+    points_per_call = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: dict[str, Split],
+        directions: list[Direction],
+        *,
+        dir_type: str = "weights",
+        loss_name: str = "crossentropy",
+        batch_size: int = 512,
+        device: torch.device | str = "cpu",
+    ):
+        if loss_name not in LOSSES:
+            raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSSES)}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        named = target_tensors(self.model, dir_type)
+        self.names = list(named)
+        self.targets = [t.data if isinstance(t, nn.Parameter) else t for t in named.values()]
+        self.origin = [t.detach().clone() for t in self.targets]
+        self.directions = [[d[n].to(self.device, t.dtype) for n, t in zip(self.names, self.targets)] for d in directions]
+        # a perturbed running variance must stay >= 0
+        self.variances = [t for n, t in zip(self.names, self.targets) if n.endswith("running_var")]
+        self.splits = {name: split.to(self.device) for name, split in splits.items()}
+        self.loss_name = loss_name
+        self.batch_size = int(batch_size)
+        self.metrics = [f"{s}/{m}" for s in self.splits for m in ("loss", "acc")]
+
+    @torch.no_grad()
+    def set_point(self, coord) -> None:
+        """θ <- θ* + Σ_i coord_i · d_i, in place."""
+        torch._foreach_copy_(self.targets, self.origin)
+        for d, a in zip(self.directions, coord):
+            if a != 0.0:
+                torch._foreach_add_(self.targets, d, alpha=float(a))
+        for v in self.variances:
+            v.clamp_(min=0.0)
+
+    def restore(self) -> None:
+        self.set_point(())
+
+    @torch.no_grad()
+    def evaluate_point(self) -> torch.Tensor:
+        """[loss, acc, loss, acc, ...] of the model as it is, one device sync."""
+        sums = []
+        for split in self.splits.values():
+            loss = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            for i in range(0, len(split), self.batch_size):
+                xb, yb = split.inputs[i : i + self.batch_size], split.labels[i : i + self.batch_size]
+                logits = self.model(xb)
+                loss += summed_loss(self.loss_name, logits, yb).double()
+                correct += (logits.argmax(1) == yb).sum()
+            n = len(split)
+            sums += [loss / n, correct.double() * (100.0 / n)]
+        return torch.stack(sums)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        out = np.empty((len(coords), len(self.metrics)))
+        for k, coord in enumerate(coords):
+            self.set_point(coord)
+            out[k] = self.evaluate_point().cpu().numpy()
+        return out

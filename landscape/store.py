@@ -1,0 +1,265 @@
+"""The surface file (HDF5): schema, creation, validation for resume, writers, lock.
+
+Schema (axis order (y, x); a 1D grid has shape (nx,)):
+
+    /x, /y                      coordinates (y only for 2D)
+    /<split>/loss, /<split>/acc float64, NaN where not computed
+    /mask                       uint8, 1 once every value of the point is written
+    /directions/x/<name>, /directions/y/<name>   the directions, keyed by tensor name
+    attrs: format, format_version, config (YAML), job (JSON of what identifies
+           the job), model_fingerprint, data_fingerprint, directions_fingerprint,
+           seed, versions (JSON)
+
+Every dataset is created, filled and written to disk when the file is made
+(atomically, through a temporary name), so later writes only touch raw data:
+a rank killed mid-run leaves a file that opens and resumes.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # our own lock below; HDF5's breaks under MPI/NFS
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .errors import UserError  # noqa: E402
+from .grid import Grid  # noqa: E402
+
+FORMAT = "landscape-surface"
+FORMAT_VERSION = 1
+
+
+def mpi_h5py() -> bool:
+    return bool(h5py.get_config().mpi)
+
+
+def point_index(shape: tuple[int, ...], p: int):
+    return (int(p),) if len(shape) == 1 else tuple(int(i) for i in np.unravel_index(int(p), shape))
+
+
+def create(path: str | Path, grid: Grid, metrics: list[str], *, mask: str = "mask",
+           directions: list[dict] | None = None, attrs: dict | None = None) -> None:
+    """Write a new surface file with every dataset allocated; replaces `path` atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        f.create_dataset("x", data=grid.x)
+        if grid.y is not None:
+            f.create_dataset("y", data=grid.y)
+        for axis, d in zip("xy", directions or []):
+            g = f.create_group(f"directions/{axis}")
+            for name, t in d.items():
+                g.create_dataset(name, data=t.detach().cpu().numpy())
+        add_datasets(f, grid.shape, metrics, mask)
+    os.replace(tmp, path)
+
+
+def add_datasets(f: h5py.File, shape: tuple[int, ...], metrics: list[str], mask: str) -> None:
+    """NaN-filled metric arrays and a zero mask, storage allocated now (contiguous layout)."""
+    for m in metrics:
+        if m not in f:
+            f.create_dataset(m, data=np.full(shape, np.nan))
+    if mask not in f:
+        f.create_dataset(mask, data=np.zeros(shape, dtype=np.uint8))
+
+
+def read_job(path: str | Path) -> dict:
+    with open_surface(path) as f:
+        return json.loads(f.attrs.get("job", "{}"))
+
+
+def open_surface(path: str | Path, mode: str = "r") -> h5py.File:
+    """Open an existing surface file, with a clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} does not exist: give the path of a surface file")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        raise UserError(f"{str(path)!r} is not a readable HDF5 file ({exc}): delete it or pass --force to start over") from None
+    if f.attrs.get("format") != FORMAT:
+        f.close()
+        raise UserError(f"{str(path)!r} is not a landscape surface file: pick another --surf_file")
+    return f
+
+
+def differences(stored: dict, wanted: dict) -> list[str]:
+    """Human-readable differences between two job descriptions."""
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key), wanted.get(key)
+        if a != b:
+            out.append(f"{key}: file has {a!r}, job has {b!r}")
+    return out
+
+
+def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask: str = "mask",
+            directions=None, attrs: dict | None = None, force: bool = False) -> np.ndarray:
+    """Create the file, or check that an existing one belongs to the same job.
+
+    Returns the completion mask (flat, bool). A different job is refused with what differs."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"output folder {str(path.parent)!r} does not exist: create it or choose another --surf_file")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"output folder {str(path.parent)!r} is not writable: choose another --surf_file")
+    if path.exists() and not force:
+        with open_surface(path) as f:
+            stored = json.loads(f.attrs.get("job", "{}"))
+            diff = differences(stored, job)
+            if diff:
+                raise UserError(
+                    f"{str(path)!r} holds another job ({'; '.join(diff[:3])}): "
+                    "rerun with the same settings to resume, pass --force to overwrite, or choose another --surf_file"
+                )
+            missing = [m for m in metrics + [mask] if m not in f]
+        if missing:  # a new evaluator on an existing file (e.g. a Hessian map)
+            with h5py.File(path, "r+") as f:
+                add_datasets(f, grid.shape, metrics, mask)
+        with h5py.File(path, "r") as f:
+            return f[mask][...].ravel().astype(bool)
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write {str(path)!r}: choose a writable --surf_file")
+    all_attrs = dict(attrs or {})
+    all_attrs["job"] = json.dumps(job, sort_keys=True)
+    try:
+        create(path, grid, metrics, mask=mask, directions=directions, attrs=all_attrs)
+    except OSError as exc:
+        raise UserError(f"cannot write {str(path)!r} ({exc}): choose a writable --surf_file") from None
+    return np.zeros(grid.size, dtype=bool)
+
+
+def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
+    with open_surface(path) as f:
+        if "directions" not in f:
+            raise UserError(f"{str(path)!r} has no directions: use a surface file written by landscape")
+        return [{k: v[...] for k, v in f[f"directions/{a}"].items()} for a in "xy" if a in f["directions"]]
+
+
+class FileLock:
+    """An fcntl lock on `<file>.lock` held by rank 0 for the whole run; released by the OS
+    when the process dies, so a killed job never leaves a stale lock."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(str(path) + ".lock")
+        self.fd = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot create lock file {str(self.path)!r} ({exc.strerror}): choose a writable --surf_file") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{str(self.path)[:-5]!r} is being written by another job ({holder}): wait for it to end or choose another --surf_file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+
+
+class ParallelWriter:
+    """Every rank writes its own points into the shared file (driver='mpio', independent I/O)."""
+
+    def __init__(self, path, comm, metrics: list[str], mask: str):
+        self.f = h5py.File(path, "r+", driver="mpio", comm=comm)
+        self.datasets = [self.f[m] for m in metrics]
+        self.mask = self.f[mask]
+        self.shape = self.mask.shape
+
+    def write(self, points, values) -> None:
+        """Values of every point first, then its mask entry."""
+        idx = [point_index(self.shape, p) for p in points]
+        for j, ds in enumerate(self.datasets):
+            for i, v in zip(idx, values[:, j]):
+                ds[i] = v
+        for i in idx:
+            self.mask[i] = 1
+
+    def poll(self) -> None:
+        pass
+
+    def close(self) -> None:  # collective
+        self.f.close()
+
+
+class GatherWriter:
+    """Rank 0 writes every rank's points with a serial h5py; other ranks send theirs to it."""
+
+    TAG = 17
+
+    def __init__(self, path, comm, metrics: list[str], mask: str):
+        self.comm = comm
+        self.f = None
+        self._finished = 0  # ranks that sent their last points
+        if comm.rank == 0:
+            self.f = h5py.File(path, "r+")
+            self.datasets = [self.f[m] for m in metrics]
+            self.mask = self.f[mask]
+            self.shape = self.mask.shape
+
+    def _write(self, points, values) -> None:
+        idx = [point_index(self.shape, p) for p in points]
+        for j, ds in enumerate(self.datasets):
+            for i, v in zip(idx, values[:, j]):
+                ds[i] = v
+        for i in idx:
+            self.mask[i] = 1
+        self.f.flush()
+
+    def write(self, points, values) -> None:
+        if self.comm.rank == 0:
+            self._write(points, values)
+            self.poll()
+        else:
+            self.comm.send((np.asarray(points), np.asarray(values)), dest=0, tag=self.TAG)
+
+    def poll(self) -> None:
+        """Rank 0: write whatever the other ranks have sent so far."""
+        while self.comm.rank == 0 and self.comm.iprobe(tag=self.TAG):
+            msg = self.comm.recv(tag=self.TAG)
+            if msg is None:
+                self._finished += 1
+            else:
+                self._write(*msg)
+
+    def close(self) -> None:
+        if self.comm.rank != 0:
+            self.comm.send(None, dest=0, tag=self.TAG)
+            return
+        while self._finished < self.comm.size - 1:
+            msg = self.comm.recv(tag=self.TAG)
+            if msg is None:
+                self._finished += 1
+            else:
+                self._write(*msg)
+        self.f.close()
+
+
+def writer_for(path, comm, metrics, mask, parallel: bool | None = None):
+    """ParallelWriter when h5py has MPI support (and more than one rank), else GatherWriter."""
+    if parallel is None:
+        parallel = mpi_h5py() and comm.size > 1
+    return (ParallelWriter if parallel else GatherWriter)(path, comm, metrics, mask)

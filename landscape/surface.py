@@ -1,0 +1,227 @@
+"""Loss surfaces: the Python API (`compute_surface`) and the job runner the CLI calls.
+
+    from landscape import compute_surface
+    s = compute_surface(model, {"train": (X, Y)}, x="-1:1:21", y="-1:1:21", surf_file="s.h5")
+    s.values["train/loss"]   # shape (21, 21), axis order (y, x)
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, engine, store
+from .data import Split, check_labels, load_dataset
+from .directions import Direction, check_directions, fingerprint, random_directions, target_tensors
+from .errors import EXIT_INTERRUPTED, EXIT_OK, UserError
+from .evaluate import SurfaceEvaluator
+from .grid import Axis, Grid
+from .models import build_model, load_checkpoint
+
+
+@dataclass
+class Surface:
+    """The arrays of a surface file: values[metric] has shape (len(y), len(x)) or (len(x),)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    mask: np.ndarray
+    directions: list[Direction]
+    path: str | None
+    summary: engine.RunSummary | None = field(default=None, repr=False)
+
+
+def on_root(comm, fn):
+    """Run fn on rank 0 only; every rank gets its result, or raises its UserError."""
+    result = error = None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = str(exc)
+    result, error = comm.bcast((result, error), root=0)
+    if error:
+        exc = UserError(error)
+        exc.shared = True  # every rank has it: only rank 0 prints it
+        raise exc
+    return result
+
+
+def as_splits(data) -> dict[str, Split]:
+    """Accept {name: Split | (inputs, labels) | Dataset}, a Split, a pair of tensors or a Dataset."""
+    if not isinstance(data, dict):
+        data = {"train": data}
+    out = {}
+    for name, d in data.items():
+        if isinstance(d, Split):
+            out[name] = d
+        elif isinstance(d, (tuple, list)) and len(d) == 2 and all(isinstance(t, torch.Tensor) for t in d):
+            out[name] = Split(d[0], d[1].long())
+        elif isinstance(d, torch.utils.data.Dataset):
+            items = [d[i] for i in range(len(d))]
+            out[name] = Split(torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items]))
+        else:
+            raise UserError(f"data for split {name!r} must be a Split, a (inputs, labels) pair of tensors or a Dataset")
+    return out
+
+
+def as_axis(spec, name: str) -> Axis:
+    if isinstance(spec, Axis):
+        return spec
+    if isinstance(spec, (tuple, list)):
+        spec = ":".join(str(v) for v in spec)
+    return Axis.parse(spec, name)
+
+
+def compute_surface(
+    model: nn.Module,
+    data,
+    *,
+    x="-1:1:21",
+    y=None,
+    loss_name: str = "crossentropy",
+    dir_type: str = "weights",
+    norm: str | tuple[str, str] = "filter",
+    ignore: str | tuple[str, str] = "biasbn",
+    seed: int = 0,
+    directions: list[Direction] | None = None,
+    surf_file: str | os.PathLike | None = None,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    comm=None,
+    chunk: int = 0,
+    write: str = "auto",
+    force: bool = False,
+    progress: bool = False,
+    attrs: dict | None = None,
+) -> Surface:
+    """Loss and accuracy of `model` at θ* + αδ (+ βη) over the grid, on every rank of `comm`.
+
+    Directions are drawn from `seed` (see landscape.directions) unless given. Writes (or
+    resumes) `surf_file`; without one, a temporary file is used and removed."""
+    comm = comm or engine.world()
+    axes = [as_axis(x, "x")] + ([as_axis(y, "y")] if y is not None else [])
+    grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
+    splits = as_splits(data)
+    norms = (norm, norm) if isinstance(norm, str) else tuple(norm)
+    ignores = (ignore, ignore) if isinstance(ignore, str) else tuple(ignore)
+    if directions is None:
+        directions = random_directions(model, seed=seed, dir_type=dir_type, ndim=grid.ndim, norms=norms, ignores=ignores)
+        source = {"seed": int(seed), "norm": list(norms[: grid.ndim]), "ignore": list(ignores[: grid.ndim])}
+    else:
+        directions = [{k: torch.as_tensor(v) for k, v in d.items()} for d in directions[: grid.ndim]]
+        if len(directions) < grid.ndim:
+            raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
+        check_directions(directions, model, dir_type, "the given directions")
+        source = {"given": True}
+    evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
+                                 batch_size=batch_size, device=device)
+    tmpdir = None
+    if surf_file is None:
+        tmpdir = on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
+        surf_file = Path(tmpdir) / "surface.h5"
+    path = Path(surf_file)
+    theta = target_tensors(model, dir_type)
+    job = {
+        "grid_x": [float(grid.x[0]), float(grid.x[-1]), len(grid.x)],
+        "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
+        "splits": list(splits), "loss_name": loss_name, "dir_type": dir_type, "directions": source,
+    }
+    lock = store.FileLock(path)
+
+    def prepare():
+        lock.acquire()
+        job.update(model_fingerprint=fingerprint(dict(theta)), directions_fingerprint=fingerprint(directions),
+                   data_fingerprint={k: s.fingerprint() for k, s in splits.items()})
+        meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
+                "seed": int(seed), **(attrs or {})}
+        try:
+            return store.prepare(path, grid, evaluator.metrics, job, directions=directions, attrs=meta, force=force)
+        except UserError:
+            lock.release()
+            raise
+
+    try:
+        done = on_root(comm, prepare)
+        summary = engine.run(evaluator, grid, path, done, comm=comm, chunk=chunk, progress=progress,
+                             parallel_write={"auto": None, "parallel": True, "gather": False}[write])
+    finally:
+        evaluator.restore()
+        if comm.rank == 0:
+            lock.release()
+    with store.open_surface(path) as f:
+        values = {m: f[m][...] for m in evaluator.metrics}
+        mask = f["mask"][...].astype(bool)
+    if tmpdir is not None:
+        comm.Barrier()
+        if comm.rank == 0:
+            path.unlink()
+            os.rmdir(tmpdir)
+    return Surface(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary)
+
+
+def pick_device(requested: str, comm) -> torch.device:
+    """cuda:(local rank % GPUs) when a GPU is there (and not `cpu`), else the CPU."""
+    if requested == "cpu" or not torch.cuda.is_available():
+        if requested == "cuda":
+            raise UserError("--device cuda but torch sees no GPU: use --device cpu or auto")
+        return torch.device("cpu")
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    index = local.rank % torch.cuda.device_count()
+    local.Free()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def set_threads(requested: int, comm) -> None:
+    """`requested` torch threads, or the node's cores shared among the ranks on the node."""
+    if requested <= 0:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        requested = max(1, (os.cpu_count() or 1) // local.size)
+        local.Free()
+    torch.set_num_threads(requested)
+
+
+def run_job(job, comm=None) -> int:
+    """Run a surface job (a config.Job) on every rank; returns the process exit code."""
+    comm = comm or engine.world()
+    set_threads(job.threads, comm)
+    device = pick_device(job.device, comm)
+    model = build_model(job.model, seed=job.seed)
+    if job.model_file:
+        load_checkpoint(model, job.model_file)
+    splits = load_dataset(job.dataset)
+    splits = {name: splits[name] for name in job.splits}
+    with torch.no_grad():
+        num_classes = model.eval()(splits[job.splits[0]].inputs[:1]).shape[1]
+    for name, s in splits.items():
+        check_labels(s, num_classes, name)
+    x, y = job.axes()
+    directions = store.read_directions(job.dir_file) if job.dir_file else None
+    surface = compute_surface(
+        model, splits, x=x, y=y, loss_name=job.loss_name, dir_type=job.dir_type,
+        norm=(job.xnorm, job.ynorm or job.xnorm), ignore=(job.xignore, job.yignore or job.xignore),
+        seed=job.seed, directions=directions, surf_file=job.surf_file, batch_size=job.batch_size, device=device,
+        comm=comm, chunk=job.chunk, write=job.write, force=job.force, progress=job.progress,
+        attrs={"config": job.to_yaml()})
+    summary = surface.summary
+    if comm.rank == 0:
+        print(f"[landscape] {summary.text()}", file=sys.stderr)
+        print(f"[landscape] surface file: {job.surf_file}")
+        if job.plot and summary.complete:
+            from .plot import plot_file
+
+            figures = plot_file(job.surf_file)
+            print(f"[landscape] figures: {Path(job.surf_file).parent}/ ({len(figures)} files)")
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian machine: OpenMPI, parallel HDF5, and a
+# virtual environment in .venv with torch (CPU wheel), mpi4py and an
+# MPI-enabled h5py. Safe to rerun; finishes in seconds once everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+log() { echo "[setup] $*"; }
+
+# --- system packages -------------------------------------------------------
+need_apt=()
+for pkg in openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config hdf5-tools; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    log "apt-get install ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# --- virtual environment ---------------------------------------------------
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
+VPY=.venv/bin/python
+pip_install() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+
+if ! "$VPY" -c "import torch, mpi4py, numpy, matplotlib, yaml, tqdm, sklearn, pytest, Cython, pkgconfig" 2>/dev/null; then
+    log "pip install torch==2.13.0 and the rest"
+    # torch pinned: this version is the CPU wheel here; a plain 'torch' pulls CUDA packages.
+    pip_install "torch==2.13.0" mpi4py numpy matplotlib pyyaml tqdm scikit-learn \
+        pytest "Cython>=3" pkgconfig setuptools wheel
+fi
+
+# h5py against parallel HDF5. Never in an isolated build environment: that would
+# compile mpi4py from source (tens of GB of memory).
+if ! "$VPY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2>/dev/null; then
+    log "building h5py with MPI support (3-4 minutes)"
+    "$VPY" -m pip uninstall -y -q h5py >/dev/null 2>&1 || true
+    CC=mpicc HDF5_MPI=ON HDF5_PKGCONFIG_NAME=hdf5-openmpi \
+        pip_install --no-build-isolation --no-binary=h5py --no-cache-dir h5py
+fi
+
+pip_install --no-deps --no-build-isolation -e . >/dev/null
+log "ready: $("$VPY" -c 'import torch, h5py, mpi4py; print(f"torch {torch.__version__}, h5py {h5py.__version__} (mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}")')"
