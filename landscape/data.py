@@ -2,8 +2,8 @@
 
 `digits`: the 8x8 handwritten digits bundled with scikit-learn (1797 images, 10
 classes, no download). Pixels are scaled to [0, 1]; the split is fixed: a
-permutation drawn with numpy seed 0, the first 1437 images (80%) for `train`,
-the remaining 360 for `test`.
+permutation drawn with numpy seed 0, the first 1438 images (80%) for `train`,
+the remaining 359 for `test`.
 """
 from __future__ import annotations
 

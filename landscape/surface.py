@@ -193,9 +193,8 @@ def set_threads(requested: int, comm) -> None:
     torch.set_num_threads(requested)
 
 
-def run_job(job, comm=None) -> int:
-    """Run a surface job (a config.Job) on every rank; returns the process exit code."""
-    comm = comm or engine.world()
+def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
+    """The model (θ* loaded, eval mode), the job's splits and this rank's device, checked."""
     set_threads(job.threads, comm)
     device = pick_device(job.device, comm)
     model = build_model(job.model, seed=job.seed)
@@ -207,6 +206,13 @@ def run_job(job, comm=None) -> int:
         num_classes = model.eval()(splits[job.splits[0]].inputs[:1]).shape[1]
     for name, s in splits.items():
         check_labels(s, num_classes, name)
+    return model, splits, device
+
+
+def run_job(job, comm=None) -> int:
+    """Run a surface job (a config.Job) on every rank; returns the process exit code."""
+    comm = comm or engine.world()
+    model, splits, device = load_inputs(job, comm)
     x, y = job.axes()
     directions = store.read_directions(job.dir_file) if job.dir_file else None
     surface = compute_surface(
