@@ -18,7 +18,7 @@ from torch import nn
 
 from . import __version__, engine, store
 from .data import Split, check_labels, load_dataset
-from .directions import Direction, check_directions, fingerprint, random_directions, target_tensors
+from .directions import Direction, check_directions, fingerprint, random_directions
 from .errors import EXIT_INTERRUPTED, EXIT_OK, UserError
 from .evaluate import SurfaceEvaluator
 from .grid import Axis, Grid
@@ -128,7 +128,6 @@ def compute_surface(
         tmpdir = on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
         surf_file = Path(tmpdir) / "surface.h5"
     path = Path(surf_file)
-    theta = target_tensors(model, dir_type)
     job = {
         "grid_x": [float(grid.x[0]), float(grid.x[-1]), len(grid.x)],
         "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
@@ -138,7 +137,7 @@ def compute_surface(
 
     def prepare():
         lock.acquire()
-        job.update(model_fingerprint=fingerprint(dict(theta)), directions_fingerprint=fingerprint(directions),
+        job.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
                    data_fingerprint={k: s.fingerprint() for k, s in splits.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(seed), **(attrs or {})}
