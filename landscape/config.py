@@ -39,6 +39,7 @@ class Job:
     device: str = "auto"  # auto, cpu, cuda
     threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
     chunk: int = 0  # points per chunk handed to a rank; 0: automatic
+    points_per_pass: int = 1  # grid points per forward pass (vmap); 0: measure at start-up
     write: str = "auto"  # auto, parallel (every rank writes, needs MPI h5py), gather (rank 0 writes)
     force: bool = False  # overwrite a surface file of another job
     progress: bool = True
@@ -80,6 +81,7 @@ HELP = {
     "device": "auto, cpu or cuda (one GPU per rank: local rank %% GPUs)",
     "threads": "torch threads per rank (0: cores per node / ranks per node)",
     "chunk": "points per chunk (0: automatic)",
+    "points_per_pass": "grid points evaluated per forward pass via vmap (0: measure and pick at start-up)",
     "write": "auto, parallel (all ranks write via MPI-IO) or gather (rank 0 writes)",
     "force": "overwrite a surface file that holds another job",
     "progress": "print progress on rank 0 (--no-progress to silence)",

@@ -98,6 +98,7 @@ def compute_surface(
     comm=None,
     chunk: int = 0,
     write: str = "auto",
+    points_per_pass: int = 1,
     force: bool = False,
     progress: bool = False,
     attrs: dict | None = None,
@@ -122,7 +123,9 @@ def compute_surface(
         check_directions(directions, model, dir_type, "the given directions")
         source = {"given": True}
     evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
-                                 batch_size=batch_size, device=device)
+                                 batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1))
+    if points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
+        evaluator.set_points_per_pass(on_root(comm, evaluator.fastest_points_per_pass))
     tmpdir = None
     if surf_file is None:
         tmpdir = on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
@@ -218,7 +221,8 @@ def run_job(job, comm=None) -> int:
         model, splits, x=x, y=y, loss_name=job.loss_name, dir_type=job.dir_type,
         norm=(job.xnorm, job.ynorm or job.xnorm), ignore=(job.xignore, job.yignore or job.xignore),
         seed=job.seed, directions=directions, surf_file=job.surf_file, batch_size=job.batch_size, device=device,
-        comm=comm, chunk=job.chunk, write=job.write, force=job.force, progress=job.progress,
+        comm=comm, chunk=job.chunk, write=job.write, points_per_pass=job.points_per_pass, force=job.force,
+        progress=job.progress,
         attrs={"config": job.to_yaml()})
     summary = surface.summary
     if comm.rank == 0:
