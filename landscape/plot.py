@@ -40,6 +40,18 @@ class Surface:
     mask: np.ndarray  # bool: point computed
     values: dict
     job: dict
+    trajectory: dict | None = None  # coords (n, 2), off_plane (n,), explained_variance (2,), true/projected losses
+
+    def axis_labels(self) -> tuple[str, str]:
+        """α/β, or the principal components with their explained variance, or the models of a line/plane."""
+        if self.trajectory is not None:
+            ev = self.trajectory["explained_variance"]
+            return f"PC1 ({100 * ev[0]:.1f}% of variance)", f"PC2 ({100 * ev[1]:.1f}% of variance)"
+        source = self.job.get("directions", {})
+        if "models" in source:
+            return (r"$\alpha$ (0: model 1, 1: model 2)",
+                    r"$\beta$ (0: model 1, 1: model 3)" if len(source["models"]) > 1 else r"$\beta$")
+        return r"$\alpha$", r"$\beta$"
 
     @property
     def done(self) -> float:
@@ -72,7 +84,7 @@ def load(path) -> Surface:
         shape = (len(x),) if y is None else (len(y), len(x))
         values = {}
         for split in sorted(f, key=lambda s: (s not in ("train", "test"), s != "train", s)):
-            if isinstance(f[split], h5py.Group) and split not in ("directions", "hessian"):
+            if isinstance(f[split], h5py.Group) and split not in ("directions", "hessian", "trajectory"):
                 found = {m: np.asarray(f[split][m][...], dtype=float) for m in METRICS if m in f[split]}
                 if found:
                     values[split] = found
@@ -83,12 +95,17 @@ def load(path) -> Surface:
         else:  # computed = any metric written
             mask = np.any([np.isfinite(v) for s in values.values() for v in s.values()], axis=0)
         job = json.loads(_text(f.attrs.get("job", "{}")) or "{}")
+        trajectory = None
+        if "trajectory/coords" in f:
+            t = f["trajectory"]
+            trajectory = {k: t[k][...] for k in ("coords", "off_plane", "explained_variance")}
+            trajectory["losses"] = {sp: {k: t[sp][k][...] for k in t[sp]} for sp in t if isinstance(t[sp], h5py.Group)}
     for name, arr in [("mask", mask)] + [(f"{s}/{m}", v) for s, d in values.items() for m, v in d.items()]:
         if arr.shape != shape:
             raise UserError(f"{str(path)!r}: /{name} has shape {arr.shape}, expected {shape} (len y, len x): the file is damaged, recompute it")
     if not mask.any():
         raise UserError(f"{str(path)!r}: no point computed yet: wait for the job or check its log")
-    return Surface(x, y, mask, values, job)
+    return Surface(x, y, mask, values, job, trajectory)
 
 
 def masked(values: np.ndarray, mask: np.ndarray) -> np.ma.MaskedArray:
@@ -165,7 +182,7 @@ def _plot_1d(surf, stem, splits, opts, out_dir, written):
                     if metric == "loss" and opts["log"]:
                         z = np.ma.masked_where(z <= 0, z)
                     axis.plot(x, z.filled(np.nan), style, color=color, lw=1.5, label=f"{sp} {metric}")
-        ax.set_xlabel(r"$\alpha$")
+        ax.set_xlabel(surf.axis_labels()[0])
         ax.set_ylabel("loss", color="tab:blue")
         if opts["log"]:
             ax.set_yscale("log")
@@ -222,6 +239,39 @@ def _surface3d(fig, ax, p):
     ax.set_zlabel(p.label)
 
 
+def _path(ax, coords):
+    """The projected training path: checkpoints as markers, the first and the final model marked."""
+    ax.plot(coords[:, 0], coords[:, 1], "-o", color="crimson", ms=3, lw=1.2, label="checkpoints")
+    ax.plot(*coords[0], "s", color="crimson", ms=6, label="first")
+    ax.plot(*coords[-1], "*", color="gold", mec="k", ms=11, label="final")
+    ax.legend(loc="best", fontsize="x-small")
+
+
+def _plot_honesty(surf, stem, opts, out_dir, written):
+    """Per checkpoint: its true loss against the surface's loss at its projected point, and
+    its off-plane distance: how far the drawn path can be trusted."""
+    t = surf.trajectory
+    n = len(t["off_plane"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    for sp, style in zip(t["losses"], ["-", "--"]):
+        if "loss" in t["losses"][sp]:
+            ax.plot(range(n), t["losses"][sp]["loss"], style + "o", ms=3, color="tab:blue", label=f"{sp} loss (true)")
+            ax.plot(range(n), t["losses"][sp]["loss_projected"], style + "s", ms=3, color="tab:green",
+                    label=f"{sp} loss (on the plane)")
+    ax.set_yscale("log")
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    bars = ax2.bar(range(n), t["off_plane"], color="0.6", alpha=0.35, label="off-plane distance (relative)")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("off-plane distance / distance to final")
+    handles = ax.get_lines() + [bars]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize="x-small", loc="upper right")
+    ev = t["explained_variance"]
+    ax.set_title(f"trajectory: PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% of variance")
+    _save(fig, out_dir, f"{stem}_trajectory", *opts["save"], written)
+
+
 KINDS_2D = {"contour": _contour, "contourf": _contourf, "heat": _heat, "3d": _surface3d}
 
 
@@ -250,13 +300,15 @@ def _plot_2d(surf, stem, splits, opts, out_dir, written):
                     continue
                 fig = plt.figure(figsize=(6, 4.8) if kind == "3d" else (5.2, 4.2), constrained_layout=True)
                 ax = fig.add_subplot(projection="3d" if kind == "3d" else None)
-                ax.set_xlabel(r"$\alpha$")
-                ax.set_ylabel(r"$\beta$")
+                ax.set_xlabel(surf.axis_labels()[0])
+                ax.set_ylabel(surf.axis_labels()[1])
                 ax.set_title(_title(sp, label.replace(" (%)", ""), surf, 1 if kind == "heat" else s))
                 if kind != "3d":
                     ax.xaxis.set_major_locator(MaxNLocator(6))
                     ax.yaxis.set_major_locator(MaxNLocator(6))
                 draw(fig, ax, p)
+                if surf.trajectory is not None and kind != "3d":
+                    _path(ax, surf.trajectory["coords"])
                 _save(fig, out_dir, f"{stem}_{sp}_{metric}_{kind}", *opts["save"], written)
 
 
@@ -295,4 +347,6 @@ def plot_file(path, out_dir=None, *, formats=("png", "pdf"), vmin=None, vmax=Non
     opts = dict(vmin=vmin, vmax=vmax, vlevel=vlevel, log=log, cmap=cmap, save=(formats, dpi))
     written: list[Path] = []
     (_plot_1d if surf.y is None else _plot_2d)(surf, path.stem, splits, opts, out_dir, written)
+    if surf.trajectory is not None and surf.trajectory["losses"]:
+        _plot_honesty(surf, path.stem, opts, out_dir, written)
     return written

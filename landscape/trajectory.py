@@ -107,3 +107,65 @@ def model_differences(first: dict[str, torch.Tensor], files: list[str]) -> list[
     """θ_k − θ₁ for each checkpoint in `files` (the line to model 2, the plane through model 3)."""
     first = {k: v.detach().cpu().to(torch.float64) for k, v in first.items()}
     return [{k: (s[k] - first[k]).to(torch.float32) for k in first} for s in (read_matching(f, first) for f in files)]
+
+
+def job_directions(job, model) -> tuple[list[Direction], str, str | None, dict, dict, Trajectory | None] | None:
+    """Directions of a job that come from other models: (directions, x, y, extra datasets,
+    source description, trajectory), or None for random or stored directions."""
+    from .directions import random_directions, target_tensors
+
+    if job.model_file3 and not job.model_file2:
+        raise UserError("--model_file3 needs --model_file2: the plane is spanned by θ₂ − θ₁ and θ₃ − θ₁")
+    if job.trajectory and (job.model_file2 or job.dir_file):
+        raise UserError("--trajectory sets the directions itself: leave out --model_file2 and --dir_file")
+    if job.model_file2 and job.dir_file:
+        raise UserError("--model_file2 sets the x direction itself: leave out --dir_file")
+    tensors = {k: v.detach() for k, v in target_tensors(model, job.dir_type).items()}
+    if job.model_file2:
+        files = [job.model_file2] + ([job.model_file3] if job.model_file3 else [])
+        directions = model_differences(tensors, files)
+        source = {"models": files}
+        if job.y and not job.model_file3:  # the reference tool's choice: a random y direction
+            directions.append(random_directions(model, seed=job.seed, dir_type=job.dir_type, ndim=2,
+                                                norms=(job.xnorm, job.ynorm or job.xnorm),
+                                                ignores=(job.xignore, job.yignore or job.xignore))[1])
+            source["random_y"] = {"seed": job.seed, "norm": job.ynorm or job.xnorm}
+        if job.model_file3 and not job.y:
+            raise UserError("--model_file3 makes a plane: give --y too, e.g. --y=-0.5:1.5:41")
+        return directions, job.x, job.y, {}, source, None
+    if job.trajectory:
+        traj = pca_directions(tensors, checkpoint_files(job.trajectory), ignore=job.xignore)
+        x, y = (job.x, job.y) if job.y else covering_axes(traj.coords, num=int(job.x.split(":")[2]))
+        extra = {"trajectory/coords": traj.coords, "trajectory/off_plane": traj.off_plane,
+                 "trajectory/explained_variance": traj.explained_variance,
+                 "trajectory/files": np.array(traj.files, dtype=object)}
+        return traj.directions, x, y, extra, {"trajectory": traj.files, "ignore": job.xignore}, traj
+    return None
+
+
+def record_checkpoint_losses(path, model, splits, traj: Trajectory, directions, *, loss_name, batch_size, device):
+    """For each checkpoint: its true loss/acc and the surface's value at its projected point,
+    as trajectory/<split>/{loss,acc} and trajectory/<split>/{loss,acc}_projected."""
+    import copy
+
+    import h5py
+
+    from .evaluate import SurfaceEvaluator
+    from .models import load_checkpoint
+
+    on_plane = SurfaceEvaluator(model, splits, directions, loss_name=loss_name, batch_size=batch_size, device=device)
+    projected = on_plane(traj.coords)
+    on_plane.restore()
+    true = []
+    for f in traj.files:
+        other = copy.deepcopy(model)
+        load_checkpoint(other, f)
+        true.append(SurfaceEvaluator(other, splits, [], loss_name=loss_name, batch_size=batch_size,
+                                     device=device).evaluate_point().cpu().numpy())
+    true = np.array(true)
+    with h5py.File(path, "r+") as f:
+        for j, metric in enumerate(on_plane.metrics):
+            for name, values in ((f"trajectory/{metric}", true[:, j]), (f"trajectory/{metric}_projected", projected[:, j])):
+                if name in f:
+                    del f[name]
+                f.create_dataset(name, data=values)
