@@ -1,4 +1,5 @@
-"""Command line: `landscape surface|plot|train ...` (plot_surface.py is `landscape surface`)."""
+"""Command line: `landscape surface|plot|train|import-directions|export-reference ...`
+(plot_surface.py is `landscape surface`)."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,31 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--batch_size", type=int, default=64)
+    im = sub.add_parser("import-directions", help="convert a direction file of the reference tool into a --dir_file")
+    im.add_argument("ref_file", help="the reference's direction file (groups xdirection, ydirection)")
+    im.add_argument("--model", required=True, help="the model the file was made for: names the tensor positions")
+    im.add_argument("--out", required=True, help="the directions file to write (a --dir_file)")
+    im.add_argument("--dir_type", default="auto", choices=("auto", "weights", "states"),
+                    help="tensor order of the file (auto: the one whose count and shapes fit)")
+    im.add_argument("--force", action="store_true", help="overwrite --out")
+    ex = sub.add_parser("export-reference", help="write a surface file under the reference tool's key names")
+    ex.add_argument("surf_file")
+    ex.add_argument("out_file")
+    ex.add_argument("--model", default=None, help="with --dir_out: the model that orders the directions")
+    ex.add_argument("--dir_out", default=None, help="also write the directions as a reference direction file")
+    ex.add_argument("--force", action="store_true", help="overwrite the output files")
+    he = sub.add_parser("hessian", help="Hessian λmax, λmin, |λmin/λmax| maps over a surface's grid; MPI-aware")
+    he.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
+    he.add_argument("--stride", type=int, default=1, help="every K-th point of each axis (K must divide num - 1)")
+    he.add_argument("--subset", type=int, default=512, help="train examples (seeded draw); 0: the whole split")
+    he.add_argument("--tol", type=float, default=1e-3, help="residual <= tol * max(|λmax|, |λmin|) for both")
+    he.add_argument("--max_iter", type=int, default=100, help="at most this many Hessian-vector products per point")
+    he.add_argument("--batch_size", type=int, default=512, help="examples per Hessian-vector product batch")
+    he.add_argument("--force", action="store_true", help="recompute the file's Hessian map (clears only /hessian)")
+    he.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: cores per node / ranks)")
+    he.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    he.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="figures when complete")
+    he.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
 
@@ -70,6 +96,29 @@ def run(argv: list[str]) -> int:
         train(model=args.model, dataset=args.dataset, out_dir=args.out_dir, epochs=args.epochs, seed=args.seed,
               lr=args.lr, batch_size=args.batch_size)
         return 0
+    if args.command == "import-directions":
+        from .models import build_model
+        from .reference import import_directions
+
+        kind, n = import_directions(args.ref_file, args.out, build_model(args.model), model_name=args.model,
+                                    dir_type=args.dir_type, force=args.force)
+        print(f"[landscape] {n} {kind} direction(s) in {args.out}: use --dir_file {args.out} --dir_type {kind}")
+        return 0
+    if args.command == "export-reference":
+        from .reference import export_surface
+
+        model = None
+        if args.model:
+            from .models import build_model
+
+            model = build_model(args.model)
+        keys = export_surface(args.surf_file, args.out_file, model=model, dir_out=args.dir_out, force=args.force)
+        print(f"[landscape] {args.out_file}: {', '.join(keys)}")
+        return 0
+    if args.command == "hessian":
+        from .hessian import run_hessian_job
+
+        return run_hessian_job(args)
     return 2
 
 

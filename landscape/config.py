@@ -21,7 +21,10 @@ from .grid import Axis
 class Job:
     model: str = "digits_cnn"  # registry name
     model_file: str | None = None  # checkpoint of θ*; without it the model is initialized from `seed`
+    model_file2: str | None = None  # x direction θ₂ − θ₁ (the line to a second model; α = 1 is model 2)
+    model_file3: str | None = None  # y direction θ₃ − θ₁ (the plane through three models)
     dataset: str = "digits"
+    data_dir: str | None = None  # cifar10: the folder holding cifar-10-batches-py (or that folder)
     splits: list[str] = field(default_factory=lambda: ["train"])  # which splits to evaluate: train, test
     x: str = "-1:1:51"  # grid spec min:max:num (inclusive)
     y: str | None = None  # None: a 1D surface along x
@@ -31,6 +34,7 @@ class Job:
     xignore: str = "biasbn"
     yignore: str | None = None  # default: xignore
     dir_file: str | None = None  # take the directions from this surface file instead of drawing them
+    trajectory: str | list[str] | None = None  # checkpoints (glob or list): PCA directions around model_file
     seed: int = 0  # seed of the random directions (and of the model's initialization without model_file)
     loss_name: str = "crossentropy"
     batch_size: int = 512
@@ -61,9 +65,11 @@ CHOICES = {
 }
 CHOICES["ynorm"], CHOICES["yignore"] = CHOICES["xnorm"], CHOICES["xignore"]
 HELP = {
-    "model": "model name (digits_cnn, digits_mlp)",
+    "model": "model name (digits_cnn, digits_mlp, resnet20/56/110[_noshort], wrn56_2, vgg9, densenet121) "
+             "or your own package.module:factory",
     "model_file": "checkpoint of the trained model θ*",
-    "dataset": "dataset name (digits)",
+    "dataset": "dataset name (digits, cifar10) or your own package.module:factory",
+    "data_dir": "cifar10: the folder holding cifar-10-batches-py (or that folder itself)",
     "splits": "comma-separated splits to evaluate (train,test)",
     "x": "x grid min:max:num, e.g. --x=-1:1:51",
     "y": "y grid min:max:num; leave out for a 1D surface",
@@ -73,8 +79,12 @@ HELP = {
     "xignore": "biasbn: zero direction on biases and BN; none: keep them",
     "yignore": "as xignore for y (default: xignore)",
     "dir_file": "reuse the directions stored in this surface file",
+    "model_file2": "second model: x direction θ₂ − θ₁ (1D interpolation; α=1 is model 2)",
+    "model_file3": "third model: y direction θ₃ − θ₁ (the plane through three models)",
+    "trajectory": "checkpoints of the run (glob, or a list in the job file): PCA directions around --model_file;"
+                  " without --y the grid covers the projected path",
     "seed": "seed of the random directions (and of the initialization without --model_file)",
-    "loss_name": "crossentropy or mse",
+    "loss_name": "crossentropy, mse, or your own package.module:function(logits, labels) -> summed loss",
     "batch_size": "evaluation batch size",
     "surf_file": "the surface file (HDF5) to write or resume",
     "plot": "write figures when the grid is complete (--no-plot to skip)",
@@ -103,6 +113,8 @@ def convert(name: str, value, default):
     """Check and convert one value to the type of the field `name`."""
     if value is None:
         return None
+    if name == "trajectory" and isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
     if name == "splits":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
@@ -125,7 +137,7 @@ def convert(name: str, value, default):
             raise UserError(f"{name} must be {'positive' if name == 'batch_size' else '>= 0'}, got {number}")
         return number
     value = str(value)
-    if name in CHOICES and value not in CHOICES[name]:
+    if name in CHOICES and value not in CHOICES[name] and not (name == "loss_name" and ":" in value):
         raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(CHOICES[name])}")
     return value
 

@@ -4,19 +4,35 @@
 classes, no download). Pixels are scaled to [0, 1]; the split is fixed: a
 permutation drawn with numpy seed 0, the first 1438 images (80%) for `train`,
 the remaining 359 for `test`.
+
+`cifar10`: CIFAR-10 read from a local `cifar-10-batches-py` folder (the "python
+version" of https://www.cs.toronto.edu/~kriz/cifar.html: pickled dicts with b'data',
+uint8 (N, 3072) rows of 3 channel planes of 32x32, and b'labels'); `train` is
+data_batch_1..5 (50000 images), `test` is test_batch (10000), in file order. Pixels are
+scaled to [0, 1] and normalized per channel with CIFAR_MEAN / CIFAR_STD; no augmentation.
+
+`package.module:factory`: the user's own; see `from_factory`.
 """
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .importpath import is_import_path, resolve
 
-DATASETS = ("digits",)
+DATASETS = ("digits", "cifar10")
 SPLITS = ("train", "test")
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+              "and extract it into --data_dir")
 
 
 @dataclass(frozen=True)
@@ -54,10 +70,129 @@ def digits() -> dict[str, Split]:
     }
 
 
-def load_dataset(name: str) -> dict[str, Split]:
+def cifar_folder(data_dir: str | Path | None) -> Path:
+    """`data_dir`/cifar-10-batches-py, or `data_dir` itself when it holds the batch files."""
+    if not data_dir:
+        raise UserError(f"dataset cifar10 needs --data_dir, the folder holding cifar-10-batches-py: {CIFAR_HINT}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"CIFAR-10 folder {str(root)!r} does not exist: check --data_dir, or {CIFAR_HINT}")
+    if (root / "cifar-10-batches-py").is_dir():
+        return root / "cifar-10-batches-py"
+    if any((root / name).is_file() for names in CIFAR_FILES.values() for name in names):
+        return root
+    raise UserError(f"{str(root)!r} holds neither cifar-10-batches-py nor its batch files "
+                    f"(data_batch_1..5, test_batch): {CIFAR_HINT}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3072) uint8 and labels (N,) int64 of one CIFAR-10 python batch file."""
+    if not path.is_file():
+        raise UserError(f"CIFAR-10 file {str(path)!r} is missing: the folder must hold data_batch_1..5 and "
+                        f"test_batch; {CIFAR_HINT}")
+    try:
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"])
+        labels = np.asarray(batch[b"labels"] if b"labels" in batch else batch["labels"])
+    except Exception as exc:  # not a pickle, not a dict, keys missing
+        raise UserError(f"{str(path)!r} is not a CIFAR-10 python batch (a pickled dict with b'data' and "
+                        f"b'labels'; {type(exc).__name__}: {exc}): {CIFAR_HINT}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UserError(f"{str(path)!r}: b'data' is {data.dtype} {data.shape}, not uint8 (N, 3072): {CIFAR_HINT}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or (
+            len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise UserError(f"{str(path)!r}: b'labels' must be {len(data)} class indices in 0..9: {CIFAR_HINT}")
+    return data, labels.astype(np.int64)
+
+
+def cifar10(data_dir: str | Path | None, splits=SPLITS) -> dict[str, Split]:
+    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW)."""
+    folder = cifar_folder(data_dir)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    out = {}
+    for name in splits:
+        parts = [read_cifar_batch(folder / f) for f in CIFAR_FILES[name]]
+        images = torch.from_numpy(np.concatenate([d for d, _ in parts])).view(-1, 3, 32, 32)
+        inputs = images.float().div_(255.0).sub_(mean).div_(std)
+        out[name] = Split(inputs, torch.from_numpy(np.concatenate([y for _, y in parts])))
+    return out
+
+
+def is_array(t) -> bool:
+    return isinstance(t, (torch.Tensor, np.ndarray))
+
+
+def as_split(data, source: str) -> Split:
+    """A Split from a Split, an (inputs, labels) pair, or a map-style torch Dataset of (input, label)."""
+    if isinstance(data, Split):
+        inputs, labels = data.inputs, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(is_array(t) for t in data):
+        inputs, labels = (torch.as_tensor(t) for t in data)
+    elif isinstance(data, torch.utils.data.Dataset):
+        try:
+            items = [data[i] for i in range(len(data))]
+            inputs = torch.stack([torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+                                  for x, _ in items])
+            labels = torch.as_tensor([int(y) for _, y in items])
+        except Exception as exc:
+            raise UserError(f"{source}: cannot read the Dataset as (input tensor, class index) items "
+                            f"({type(exc).__name__}: {exc})") from None
+    else:
+        raise UserError(f"{source} is a {type(data).__name__}: give a torch Dataset or an (inputs, labels) "
+                        "pair of tensors")
+    if len(labels) == 0 or labels.dim() != 1 or len(inputs) != len(labels):
+        raise UserError(f"{source}: {len(inputs)} inputs and labels of shape {tuple(labels.shape)}: give one "
+                        "class index per input, at least one")
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise UserError(f"{source}: labels must be class indices (integers), got fractional values")
+        labels = labels.long()
+    elif labels.dtype == torch.bool or labels.is_complex():
+        raise UserError(f"{source}: labels must be class indices, got dtype {labels.dtype}")
+    return Split(inputs, labels.long())
+
+
+def from_factory(path: str) -> dict[str, Split]:
+    """The splits that the user's `package.module:factory` returns: a torch Dataset or an
+    (inputs, labels) pair of tensors (the train split), a (train, test) pair of those, or a
+    dict {'train': ..., 'test': ...} of those."""
+    obj = resolve(path, "--dataset")()
+    source = f"--dataset {path!r}"
+    if isinstance(obj, dict):
+        unknown = [k for k in obj if k not in SPLITS]
+        if unknown:
+            raise UserError(f"{source} returned a dict with keys {unknown}: use 'train' and 'test'")
+        parts = obj
+    elif isinstance(obj, (Split, torch.utils.data.Dataset)) or (isinstance(obj, (tuple, list)) and len(obj) == 2
+                                                                and all(is_array(t) for t in obj)):
+        parts = {"train": obj}
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        parts = {"train": obj[0], "test": obj[1]}
+    else:
+        raise UserError(f"{source} returned a {type(obj).__name__}: return a torch Dataset, an (inputs, labels) "
+                        "pair of tensors, or a (train, test) pair or {'train': ..., 'test': ...} dict of those")
+    return {name: as_split(d, f"{source} split {name!r}") for name, d in parts.items()}
+
+
+def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS) -> dict[str, Split]:
+    """The named splits of dataset `name` (a name of DATASETS or `package.module:factory`)."""
+    splits = list(splits)
     if name == "digits":
-        return digits()
-    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        data = digits()
+    elif name == "cifar10":
+        data = cifar10(data_dir, splits)
+    elif is_import_path(name):
+        data = from_factory(name)
+    else:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
+                        "or give your own as package.module:factory")
+    for s in splits:
+        if s not in data:
+            raise UserError(f"dataset {name!r} has no {s!r} split (it has {', '.join(data)}): "
+                            f"choose --splits {','.join(data)}")
+    return {s: data[s] for s in splits}
 
 
 def check_labels(split: Split, num_classes: int, name: str) -> None:

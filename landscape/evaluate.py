@@ -29,6 +29,10 @@ def summed_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.
     if name == "mse":
         onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         return (logits.softmax(1) - onehot).pow(2).mean(1).sum()
+    if ":" in name:  # the user's own package.module:function(logits, labels) -> summed loss
+        from .importpath import resolve
+
+        return resolve(name, "--loss_name")(logits, labels)
     raise UserError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
 
 
@@ -52,7 +56,7 @@ class SurfaceEvaluator:
         device: torch.device | str = "cpu",
         points_per_pass: int = 1,
     ):
-        if loss_name not in LOSSES:
+        if loss_name not in LOSSES and ":" not in loss_name:
             raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSSES)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

@@ -1,4 +1,8 @@
-"""Model registry and checkpoint loading."""
+"""Model registry and checkpoint loading.
+
+A model is a registry name (the digits demo models, the CIFAR-10 zoo of landscape.zoo) or
+the user's own factory `package.module:factory` (called with no arguments, returning an
+nn.Module)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import zoo
 from .errors import UserError
+from .importpath import is_import_path, resolve
 
 
 class DigitsCNN(nn.Module):
@@ -40,16 +46,40 @@ class DigitsMLP(nn.Module):
         return self.net(x)
 
 
-MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP}
+MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP, **zoo.MODELS}
 
 
 def build_model(name: str, seed: int = 0) -> nn.Module:
-    """The named model with weights initialized from `seed`."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}")
+    """The named model (or the one `package.module:factory` returns), initialized from `seed`."""
+    if is_import_path(name):
+        factory = resolve(name, "--model")
+    elif name in MODELS:
+        factory = MODELS[name]
+    else:
+        raise UserError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, "
+                        "or give your own as package.module:factory")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name]()
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module: "
+                        "make the factory return the network")
+    return model
+
+
+def num_outputs(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> int:
+    """Classes the model predicts, from one forward pass in eval mode on a few `inputs`."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(inputs)
+    except Exception as exc:  # shape or dtype mismatch between model and data
+        raise UserError(f"model {name!r} fails on inputs of shape {tuple(inputs.shape)} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}): use a model made for this dataset") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
+        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {name!r} returns {what} for {inputs.shape[0]} inputs: it must return logits "
+                        "of shape (batch, classes)")
+    return int(out.shape[1])
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -73,15 +103,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {str(path)!r} holds no state_dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    for prefix in ("module.", "_orig_mod."):  # DataParallel / DDP, torch.compile
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into `model`; a mismatch names the missing and unexpected keys."""
+    """Load a checkpoint into `model`; a mismatch names the missing and unexpected keys.
+
+    BN `num_batches_tracked` counters may be missing (checkpoints of PyTorch < 0.4.1, such
+    as the reference tool's): the model keeps its own."""
     state = read_state_dict(path)
     own = model.state_dict()
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

@@ -32,6 +32,7 @@ from .grid import Grid  # noqa: E402
 
 FORMAT = "landscape-surface"
 FORMAT_VERSION = 1
+DIRECTIONS_FORMAT = "landscape-directions"  # directions/x, directions/y only (landscape import-directions)
 
 
 def mpi_h5py() -> bool:
@@ -43,7 +44,7 @@ def point_index(shape: tuple[int, ...], p: int):
 
 
 def create(path: str | Path, grid: Grid, metrics: list[str], *, mask: str = "mask",
-           directions: list[dict] | None = None, attrs: dict | None = None) -> None:
+           directions: list[dict] | None = None, attrs: dict | None = None, extra: dict | None = None) -> None:
     """Write a new surface file with every dataset allocated; replaces `path` atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -59,6 +60,8 @@ def create(path: str | Path, grid: Grid, metrics: list[str], *, mask: str = "mas
             g = f.create_group(f"directions/{axis}")
             for name, t in d.items():
                 g.create_dataset(name, data=t.detach().cpu().numpy())
+        for name, data in (extra or {}).items():
+            f.create_dataset(name, data=data)
         add_datasets(f, grid.shape, metrics, mask)
     os.replace(tmp, path)
 
@@ -77,7 +80,7 @@ def read_job(path: str | Path) -> dict:
         return json.loads(f.attrs.get("job", "{}"))
 
 
-def open_surface(path: str | Path, mode: str = "r") -> h5py.File:
+def open_surface(path: str | Path, mode: str = "r", formats: tuple[str, ...] = (FORMAT,)) -> h5py.File:
     """Open an existing surface file, with a clear error when it is not one."""
     path = Path(path)
     if not path.is_file():
@@ -86,8 +89,12 @@ def open_surface(path: str | Path, mode: str = "r") -> h5py.File:
         f = h5py.File(path, mode)
     except OSError as exc:
         raise UserError(f"{str(path)!r} is not a readable HDF5 file ({exc}): delete it or pass --force to start over") from None
-    if f.attrs.get("format") != FORMAT:
+    if f.attrs.get("format") not in formats:
+        reference = "xdirection" in f
         f.close()
+        if reference:
+            raise UserError(f"{str(path)!r} is a direction file of the reference tool: convert it with "
+                            "`landscape import-directions FILE --model MODEL --out DIRS.h5` and pass DIRS.h5")
         raise UserError(f"{str(path)!r} is not a landscape surface file: pick another --surf_file")
     return f
 
@@ -103,7 +110,7 @@ def differences(stored: dict, wanted: dict) -> list[str]:
 
 
 def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask: str = "mask",
-            directions=None, attrs: dict | None = None, force: bool = False) -> np.ndarray:
+            directions=None, attrs: dict | None = None, extra: dict | None = None, force: bool = False) -> np.ndarray:
     """Create the file, or check that an existing one belongs to the same job.
 
     Returns the completion mask (flat, bool). A different job is refused with what differs."""
@@ -132,14 +139,55 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
     all_attrs = dict(attrs or {})
     all_attrs["job"] = json.dumps(job, sort_keys=True)
     try:
-        create(path, grid, metrics, mask=mask, directions=directions, attrs=all_attrs)
+        create(path, grid, metrics, mask=mask, directions=directions, attrs=all_attrs, extra=extra)
     except OSError as exc:
         raise UserError(f"cannot write {str(path)!r} ({exc}): choose a writable --surf_file") from None
     return np.zeros(grid.size, dtype=bool)
 
 
+def _plain(v):
+    """An HDF5 attribute value as a plain Python value (for comparing settings)."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def prepare_group(path: str | Path, group: str, grid: Grid, metrics: list[str], settings: dict, *, mask: str,
+                  force: bool = False, attrs: dict | None = None) -> np.ndarray:
+    """Add to an existing surface file a group of per-point results on `grid` (e.g. a sub-grid):
+    <group>/x, <group>/y, the metric datasets (NaN), the mask (0), and `settings` (plain values)
+    plus `attrs` as the group's attributes. An existing group with the same settings is resumed;
+    other settings are refused with what differs; force deletes and recreates only this group.
+    Returns the group's completion mask (flat, bool)."""
+    path = Path(path)
+    open_surface(path).close()
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{str(path)!r} is not writable: make it writable or copy it to a writable folder")
+    with h5py.File(path, "r+") as f:
+        if group in f and not force:
+            stored = {k: _plain(v) for k, v in f[group].attrs.items() if k in settings or k not in (attrs or {})}
+            diff = differences(stored, settings)
+            if diff:
+                raise UserError(f"{str(path)!r} holds a {group} map with other settings ({'; '.join(diff[:3])}): "
+                                f"rerun with the same settings to resume, or pass --force to recompute the {group} map")
+        elif group in f:
+            del f[group]
+        if group not in f:
+            g = f.create_group(group)
+            for k, v in {**settings, **(attrs or {})}.items():
+                g.attrs[k] = v
+            g.create_dataset("x", data=grid.x)
+            if grid.y is not None:
+                g.create_dataset("y", data=grid.y)
+        add_datasets(f, grid.shape, metrics, mask)
+        return f[mask][...].ravel().astype(bool)
+
+
 def read_directions(path: str | Path) -> list[dict[str, np.ndarray]]:
-    with open_surface(path) as f:
+    """The directions of a surface file or of a directions-only file."""
+    with open_surface(path, formats=(FORMAT, DIRECTIONS_FORMAT)) as f:
         if "directions" not in f:
             raise UserError(f"{str(path)!r} has no directions: use a surface file written by landscape")
         return [{k: v[...] for k, v in f[f"directions/{a}"].items()} for a in "xy" if a in f["directions"]]
@@ -154,6 +202,8 @@ class FileLock:
         self.fd = None
 
     def acquire(self) -> None:
+        if not self.path.parent.is_dir():  # the lock comes before prepare(): name the real problem here
+            raise UserError(f"output folder {str(self.path.parent)!r} does not exist: create it or choose another --surf_file")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -166,18 +216,25 @@ class FileLock:
             raise UserError(
                 f"{str(self.path)[:-5]!r} is being written by another job ({holder}): wait for it to end or choose another --surf_file"
             ) from None
+        try:  # the lock file we locked may have been removed by its previous holder after we opened it
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            return self.acquire()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()} pid {os.getpid()}".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-            try:
+            try:  # remove it while still holding the lock, so no other job can lock a removed file
                 self.path.unlink()
             except OSError:
                 pass
+            os.close(self.fd)
+            self.fd = None
 
 
 class ParallelWriter:

@@ -22,7 +22,9 @@ from .directions import Direction, check_directions, fingerprint, random_directi
 from .errors import EXIT_INTERRUPTED, EXIT_OK, UserError
 from .evaluate import SurfaceEvaluator
 from .grid import Axis, Grid
-from .models import build_model, load_checkpoint
+from .importpath import check_loss, is_import_path
+from .models import build_model, load_checkpoint, num_outputs
+from .trajectory import job_directions, record_checkpoint_losses
 
 
 @dataclass
@@ -102,11 +104,14 @@ def compute_surface(
     force: bool = False,
     progress: bool = False,
     attrs: dict | None = None,
+    extra: dict | None = None,
+    source: dict | None = None,
 ) -> Surface:
     """Loss and accuracy of `model` at θ* + αδ (+ βη) over the grid, on every rank of `comm`.
 
     Directions are drawn from `seed` (see landscape.directions) unless given. Writes (or
-    resumes) `surf_file`; without one, a temporary file is used and removed."""
+    resumes) `surf_file`; without one, a temporary file is used and removed. `extra`: more
+    datasets for the new file ({path: array}); `source`: how given directions were made."""
     comm = comm or engine.world()
     axes = [as_axis(x, "x")] + ([as_axis(y, "y")] if y is not None else [])
     grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
@@ -121,7 +126,8 @@ def compute_surface(
         if len(directions) < grid.ndim:
             raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
         check_directions(directions, model, dir_type, "the given directions")
-        source = {"given": True}
+        source = source or {"given": True}
+    was_training = model.training  # the model is left as it was (the evaluator switches it to eval mode)
     evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
                                  batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1))
     if points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
@@ -145,7 +151,8 @@ def compute_surface(
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(seed), **(attrs or {})}
         try:
-            return store.prepare(path, grid, evaluator.metrics, job, directions=directions, attrs=meta, force=force)
+            return store.prepare(path, grid, evaluator.metrics, job, directions=directions, attrs=meta, extra=extra,
+                                 force=force)
         except UserError:
             lock.release()
             raise
@@ -156,6 +163,7 @@ def compute_surface(
                              parallel_write={"auto": None, "parallel": True, "gather": False}[write])
     finally:
         evaluator.restore()
+        model.train(was_training)
         if comm.rank == 0:
             lock.release()
     with store.open_surface(path) as f:
@@ -202,13 +210,27 @@ def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
     model = build_model(job.model, seed=job.seed)
     if job.model_file:
         load_checkpoint(model, job.model_file)
-    splits = load_dataset(job.dataset)
-    splits = {name: splits[name] for name in job.splits}
-    with torch.no_grad():
-        num_classes = model.eval()(splits[job.splits[0]].inputs[:1]).shape[1]
+    splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
+    sample = splits[job.splits[0]]
+    num_classes = num_outputs(model, sample.inputs[:4], job.model)
     for name, s in splits.items():
         check_labels(s, num_classes, name)
+    if is_import_path(job.loss_name):
+        with torch.no_grad():
+            check_loss(job.loss_name, model(sample.inputs[:4]), sample.labels[:4])
+    if comm.size > 1 and (is_import_path(job.model) or is_import_path(job.dataset)):
+        same_on_all_ranks(comm, model, splits)
     return model, splits, device
+
+
+def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
+    """The user's factories must give every rank the same θ and data (seed them)."""
+    mine = (fingerprint(dict(model.state_dict())), {k: s.fingerprint() for k, s in splits.items()})
+    if any(other != mine for other in comm.allgather(mine)):
+        exc = UserError("your --model or --dataset factory gives different weights or data on different ranks: "
+                        "make it deterministic (seed its random numbers, fix the file order)")
+        exc.shared = True
+        raise exc
 
 
 def run_job(job, comm=None) -> int:
@@ -216,16 +238,23 @@ def run_job(job, comm=None) -> int:
     comm = comm or engine.world()
     model, splits, device = load_inputs(job, comm)
     x, y = job.axes()
-    directions = store.read_directions(job.dir_file) if job.dir_file else None
+    directions, extra, source, traj = None, None, None, None
+    from_models = job_directions(job, model)
+    if from_models:
+        directions, x, y, extra, source, traj = from_models
+    elif job.dir_file:
+        directions = store.read_directions(job.dir_file)
     surface = compute_surface(
         model, splits, x=x, y=y, loss_name=job.loss_name, dir_type=job.dir_type,
         norm=(job.xnorm, job.ynorm or job.xnorm), ignore=(job.xignore, job.yignore or job.xignore),
         seed=job.seed, directions=directions, surf_file=job.surf_file, batch_size=job.batch_size, device=device,
         comm=comm, chunk=job.chunk, write=job.write, points_per_pass=job.points_per_pass, force=job.force,
-        progress=job.progress,
-        attrs={"config": job.to_yaml()})
+        progress=job.progress, attrs={"config": job.to_yaml()}, extra=extra, source=source)
     summary = surface.summary
     if comm.rank == 0:
+        if traj is not None and summary.complete:
+            record_checkpoint_losses(job.surf_file, model, splits, traj, surface.directions, loss_name=job.loss_name,
+                                     batch_size=job.batch_size, device=device)
         print(f"[landscape] {summary.text()}", file=sys.stderr)
         print(f"[landscape] surface file: {job.surf_file}")
         if job.plot and summary.complete:

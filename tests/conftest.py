@@ -19,7 +19,8 @@ MPI_ENV = {
 
 def cli_env() -> dict:
     env = dict(os.environ, **MPI_ENV)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # the repo root and tests/ (test helper modules such as custom_factory.py)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
