@@ -55,12 +55,28 @@ class Split:
         return h.hexdigest()[:16]
 
 
-def digits() -> dict[str, Split]:
-    from sklearn.datasets import load_digits
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) pixel values 0..16 and labels, read from the file scikit-learn ships
+    (without importing sklearn.datasets, which costs a second per process)."""
+    import importlib.util
 
-    bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0
-    labels = bunch.target.astype(np.int64)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the digits dataset comes with scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # another layout: let sklearn find it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def digits() -> dict[str, Split]:
+    pixels, target = digits_arrays()
+    images = pixels.astype(np.float32) / 16.0
+    labels = target.astype(np.int64)
     order = np.random.RandomState(0).permutation(len(labels))
     n_train = int(round(0.8 * len(labels)))
     parts = {"train": order[:n_train], "test": order[n_train:]}

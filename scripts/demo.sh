@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up (idempotent), train the digits CNN
-# if its checkpoints are missing, compute the 2D surface on 2 MPI ranks, draw it.
+# if its checkpoints are missing, compute the 2D surface and the PCA trajectory
+# surface on 2 MPI ranks, draw them. Extra flags go to both jobs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,5 @@ source scripts/mpi_env.sh
 PY=.venv/bin/python
 [ -f out/demo/checkpoints/epoch_010.pt ] || $PY -m landscape train --out_dir out/demo/checkpoints --epochs 10
 mpirun -n "${RANKS:-2}" $PY plot_surface.py --config jobs/demo.yaml "$@"
+mpirun -n "${RANKS:-2}" $PY plot_surface.py --config jobs/demo_trajectory.yaml "$@"
+echo "[demo] figures and surface files in out/demo/"
