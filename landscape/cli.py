@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     he.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
     he.add_argument("--stride", type=int, default=1, help="every K-th point of each axis (K must divide num - 1)")
     he.add_argument("--subset", type=int, default=512, help="train examples (seeded draw); 0: the whole split")
-    he.add_argument("--tol", type=float, default=1e-3, help="residual <= tol * max(|λmax|, |λmin|) for both")
+    he.add_argument("--tol", type=float, default=1e-3, help="each end: residual <= tol*|λ| + 1e-5*max|λ|")
     he.add_argument("--max_iter", type=int, default=100, help="at most this many Hessian-vector products per point")
     he.add_argument("--batch_size", type=int, default=512, help="examples per Hessian-vector product batch")
     he.add_argument("--force", action="store_true", help="recompute the file's Hessian map (clears only /hessian)")
