@@ -44,6 +44,11 @@ class Job:
     threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
     chunk: int = 0  # points per chunk handed to a rank; 0: automatic
     points_per_pass: int = 1  # grid points per forward pass (vmap); 0: measure at start-up
+    subset: int = 0  # evaluate on N examples of each split (0: all) for quick previews
+    subset_mode: str = "first"  # first N, or a fixed random N (numpy seed 0)
+    precision: str = "fp32"  # fp32, bf16 or fp16 autocast of the forward pass (sums stay float64)
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # channels-last memory format for conv nets
     write: str = "auto"  # auto, parallel (every rank writes, needs MPI h5py), gather (rank 0 writes)
     force: bool = False  # overwrite a surface file of another job
     progress: bool = True
@@ -62,6 +67,8 @@ CHOICES = {
     "loss_name": ("crossentropy", "mse"),
     "device": ("auto", "cpu", "cuda"),
     "write": ("auto", "parallel", "gather"),
+    "subset_mode": ("first", "random"),
+    "precision": ("fp32", "bf16", "fp16"),
 }
 CHOICES["ynorm"], CHOICES["yignore"] = CHOICES["xnorm"], CHOICES["xignore"]
 HELP = {
@@ -92,6 +99,11 @@ HELP = {
     "threads": "torch threads per rank (0: cores per node / ranks per node)",
     "chunk": "points per chunk (0: automatic)",
     "points_per_pass": "grid points evaluated per forward pass via vmap (0: measure and pick at start-up)",
+    "subset": "evaluate on N examples of each split (0: all), recorded in the file",
+    "subset_mode": "first: the first N examples; random: a fixed random N (seed 0)",
+    "precision": "fp32, bf16 or fp16 autocast of the forward pass; sums stay float64",
+    "compile": "torch.compile the model (compiles once per rank at start-up)",
+    "channels_last": "channels-last memory format (faster convolutions on GPUs and recent CPUs)",
     "write": "auto, parallel (all ranks write via MPI-IO) or gather (rank 0 writes)",
     "force": "overwrite a surface file that holds another job",
     "progress": "print progress on rank 0 (--no-progress to silence)",

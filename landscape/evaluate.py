@@ -17,6 +17,7 @@ from .directions import Direction, target_tensors
 from .errors import UserError
 
 LOSSES = ("crossentropy", "mse")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def summed_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,23 +56,37 @@ class SurfaceEvaluator:
         batch_size: int = 512,
         device: torch.device | str = "cpu",
         points_per_pass: int = 1,
+        precision: str = "fp32",
+        compile: bool = False,
+        channels_last: bool = False,
     ):
         if loss_name not in LOSSES and ":" not in loss_name:
             raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSSES)}")
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # autocast for the forward pass; losses and sums stay in float32/float64
+        self.amp_dtype = PRECISIONS[precision]
+        self.forward = torch.compile(self.model) if compile else self.model
         named = target_tensors(self.model, dir_type)
         self.names = list(named)
         self.targets = [t.data if isinstance(t, nn.Parameter) else t for t in named.values()]
-        self.origin = [t.detach().clone() for t in self.targets]
-        self.directions = [[d[n].to(self.device, t.dtype) for n, t in zip(self.names, self.targets)] for d in directions]
+        self.origin = [t.detach().clone() for t in self.targets]  # clone keeps each tensor's memory format
+        self.directions = [[torch.empty_like(t).copy_(d[n]) for n, t in zip(self.names, self.targets)] for d in directions]
         # a perturbed running variance must stay >= 0
         self.variances = [t for n, t in zip(self.names, self.targets) if n.endswith("running_var")]
-        self.splits = {name: split.to(self.device) for name, split in splits.items()}
+        self.splits = {name: split.to(self.device, self.memory_format) for name, split in splits.items()}
         self.loss_name = loss_name
         self.batch_size = int(batch_size)
         self.metrics = [f"{s}/{m}" for s in self.splits for m in ("loss", "acc")]
         self.set_points_per_pass(points_per_pass)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     @torch.no_grad()
     def set_point(self, coord) -> None:
@@ -95,7 +110,8 @@ class SurfaceEvaluator:
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
             for i in range(0, len(split), self.batch_size):
                 xb, yb = split.inputs[i : i + self.batch_size], split.labels[i : i + self.batch_size]
-                logits = self.model(xb)
+                with self.autocast():
+                    logits = self.forward(xb).float()
                 loss += summed_loss(self.loss_name, logits, yb).double()
                 correct += (logits.argmax(1) == yb).sum()
             n = len(split)
@@ -173,7 +189,8 @@ class SurfaceEvaluator:
             correct = torch.zeros(k, dtype=torch.int64, device=self.device)
             for i in range(0, len(split), self.batch_size):
                 xb, yb = split.inputs[i : i + self.batch_size], split.labels[i : i + self.batch_size]
-                logits = self.batched_forward(tensors, xb)  # (k, batch, classes)
+                with self.autocast():
+                    logits = self.batched_forward(tensors, xb).float()  # (k, batch, classes)
                 loss += torch.stack([summed_loss(self.loss_name, logits[j], yb) for j in range(k)]).double()
                 correct += (logits.argmax(-1) == yb).sum(-1)
             n = len(split)

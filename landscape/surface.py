@@ -101,6 +101,9 @@ def compute_surface(
     chunk: int = 0,
     write: str = "auto",
     points_per_pass: int = 1,
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
     force: bool = False,
     progress: bool = False,
     attrs: dict | None = None,
@@ -129,7 +132,8 @@ def compute_surface(
         source = source or {"given": True}
     was_training = model.training  # the model is left as it was (the evaluator switches it to eval mode)
     evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
-                                 batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1))
+                                 batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1),
+                                 precision=precision, compile=compile, channels_last=channels_last)
     if points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
         evaluator.set_points_per_pass(on_root(comm, evaluator.fastest_points_per_pass))
     tmpdir = None
@@ -211,6 +215,8 @@ def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
     if job.model_file:
         load_checkpoint(model, job.model_file)
     splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
+    if job.subset:
+        splits = {name: subset(s, job.subset, job.subset_mode, name) for name, s in splits.items()}
     sample = splits[job.splits[0]]
     num_classes = num_outputs(model, sample.inputs[:4], job.model)
     for name, s in splits.items():
@@ -221,6 +227,15 @@ def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
     if comm.size > 1 and (is_import_path(job.model) or is_import_path(job.dataset)):
         same_on_all_ranks(comm, model, splits)
     return model, splits, device
+
+
+def subset(split: Split, n: int, mode: str, name: str) -> Split:
+    """The first n examples, or n drawn at random with numpy seed 0 (kept in their order)."""
+    if n > len(split):
+        raise UserError(f"--subset {n} is larger than split {name!r} ({len(split)} examples): choose at most {len(split)}")
+    index = np.arange(n) if mode == "first" else np.sort(np.random.RandomState(0).permutation(len(split))[:n])
+    index = torch.from_numpy(index)
+    return Split(split.inputs[index], split.labels[index])
 
 
 def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
@@ -248,7 +263,8 @@ def run_job(job, comm=None) -> int:
         model, splits, x=x, y=y, loss_name=job.loss_name, dir_type=job.dir_type,
         norm=(job.xnorm, job.ynorm or job.xnorm), ignore=(job.xignore, job.yignore or job.xignore),
         seed=job.seed, directions=directions, surf_file=job.surf_file, batch_size=job.batch_size, device=device,
-        comm=comm, chunk=job.chunk, write=job.write, points_per_pass=job.points_per_pass, force=job.force,
+        comm=comm, chunk=job.chunk, write=job.write, points_per_pass=job.points_per_pass, precision=job.precision,
+        compile=job.compile, channels_last=job.channels_last, force=job.force,
         progress=job.progress, attrs={"config": job.to_yaml()}, extra=extra, source=source)
     summary = surface.summary
     if comm.rank == 0:
