@@ -9,9 +9,21 @@ for another between points. Communication per chunk: one 8-byte fetch, one
 A stop request (SIGTERM, SIGUSR1, SIGINT) makes the rank finish the point in
 hand, write it, and add a large number to the counter, so every other rank
 stops after its current point as well; the run then reports `interrupted`.
+
+Under mpirun (OpenMPI 4.1): SIGUSR1 sent to mpirun is forwarded to every rank
+and mpirun exits 75; SIGTERM/SIGINT sent to mpirun are forwarded as SIGTERM,
+the ranks stop cleanly (75), but mpirun itself exits 1, and it SIGKILLs ranks
+still running after `odls_base_sigkill_timeout` (default 1 s; raise it with
+OMPI_MCA_odls_base_sigkill_timeout when a point takes longer). SIGTERM sent to
+every rank (srun, a scheduler signalling the job step) gives 75.
+
+Debugging knob: LANDSCAPE_SLOW_RANKS="1:3[,2:1.5]" makes rank 1 take 3x as long
+per evaluator call, by sleeping 2x the measured evaluation time after each call
+(for the load-balance benchmark, bench/load_balance.py).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -23,6 +35,15 @@ from . import store
 from .grid import Grid, chunk_size
 
 STOP = 1 << 40  # added to the chunk counter to stop every rank
+
+
+def slow_factor(rank: int) -> float:
+    """This rank's slow-down from LANDSCAPE_SLOW_RANKS ("rank:factor,..."), 1.0 when not listed."""
+    for item in filter(None, os.environ.get("LANDSCAPE_SLOW_RANKS", "").split(",")):
+        r, _, f = item.partition(":")
+        if int(r) == rank:
+            return max(1.0, float(f))
+    return 1.0
 
 
 def world():
@@ -125,6 +146,7 @@ class RunSummary:
     per_rank_points: list[int] = field(default_factory=list)
     per_rank_busy: list[float] = field(default_factory=list)
     interrupted: bool = False
+    nonfinite: int = 0  # points of this run with a NaN or infinite value (stored as such, masked in figures)
 
     @property
     def complete(self) -> bool:
@@ -137,7 +159,8 @@ class RunSummary:
         ranks = len(self.per_rank_points) or 1
         state = "interrupted; rerun the same command to resume" if self.interrupted else (
             "complete" if self.complete else "incomplete")
-        return (f"{self.done_before + self.computed}/{self.total} points ({state}); this run: {self.computed} points in "
+        bad = f", {self.nonfinite} with non-finite values" if self.nonfinite else ""
+        return (f"{self.done_before + self.computed}/{self.total} points ({state}{bad}); this run: {self.computed} points in "
                 f"{self.seconds:.1f} s on {ranks} rank(s), {rate:.2f} points/s ({rate / ranks:.2f} per rank), "
                 f"load balance {balance:.2f} (mean/max busy time), points per rank {self.per_rank_points}")
 
@@ -156,8 +179,9 @@ def run(evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str =
     counters = SharedCounters(comm)
     writer = store.writer_for(path, comm, evaluator.metrics, mask, parallel_write)
     bar = Progress(grid.size, int(done.sum()), progress and comm.rank == 0, label)
-    mine, busy, interrupted = 0, 0.0, False
+    mine, busy, interrupted, nonfinite = 0, 0.0, False, 0
     step = max(1, int(getattr(evaluator, "points_per_call", 1)))
+    slow = slow_factor(comm.rank)
     with StopRequest() as stop:
         while True:
             if stop.requested:
@@ -173,9 +197,12 @@ def run(evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str =
                 sub = points[i : i + step]
                 t0 = time.monotonic()
                 values = evaluator(grid.coords(sub))
+                if slow > 1.0:
+                    time.sleep((slow - 1.0) * (time.monotonic() - t0))
                 busy += time.monotonic() - t0
                 writer.write(sub, values)
                 mine += len(sub)
+                nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
                 total_done = counters.fetch_add(1, len(sub)) + len(sub)
                 if comm.rank == 0:
                     bar.update(total_done)
@@ -183,13 +210,13 @@ def run(evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str =
                     break
         writer.close()
     counters.free()
-    stats = comm.gather((mine, busy, interrupted), root=0)
+    stats = comm.gather((mine, busy, interrupted, nonfinite), root=0)
     result = None
     if comm.rank == 0:
         result = RunSummary(
             total=grid.size, done_before=int(done.sum()), computed=sum(s[0] for s in stats),
             seconds=time.monotonic() - start, per_rank_points=[s[0] for s in stats],
-            per_rank_busy=[s[1] for s in stats])
+            per_rank_busy=[s[1] for s in stats], nonfinite=sum(s[3] for s in stats))
         result.interrupted = any(s[2] for s in stats) and not result.complete
         bar.update(result.computed, final=True)
     return comm.bcast(result, root=0)

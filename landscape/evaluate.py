@@ -98,6 +98,21 @@ class SurfaceEvaluator:
         for v in self.variances:
             v.clamp_(min=0.0)
 
+    def check_deterministic(self) -> None:
+        """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
+        the forward pass (dropout called with training=True, noise layers) makes every value of
+        the surface noisy."""
+        self.restore()
+        with torch.no_grad():
+            for name, split in self.splits.items():
+                xb = split.inputs[: self.batch_size]
+                with self.autocast():
+                    a, b = self.forward(xb).float(), self.forward(xb).float()
+                if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                    raise UserError(
+                        f"the model gives different outputs for the same {name!r} inputs in eval mode: remove randomness "
+                        "from its forward pass (F.dropout(..., training=True), noise) or use self.training to switch it off")
+
     def restore(self) -> None:
         self.set_point(())
 

@@ -134,6 +134,7 @@ def compute_surface(
     evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
                                  batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1),
                                  precision=precision, compile=compile, channels_last=channels_last)
+    on_root(comm, evaluator.check_deterministic)
     if points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
         evaluator.set_points_per_pass(on_root(comm, evaluator.fastest_points_per_pass))
     tmpdir = None

@@ -69,3 +69,18 @@ def wide_labels():
     """Labels up to 7 for a 3-class model."""
     x, y = blobs(12, 1)
     return x, y + 5
+
+
+class NoisyNet(torch.nn.Module):
+    """Dropout applied regardless of eval mode: a model the determinism check must refuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.dropout(x.flatten(1), 0.5, training=True))
+
+
+def noisy_model():
+    return NoisyNet()
