@@ -44,6 +44,7 @@ class Job:
     threads: int = 0  # torch threads per rank; 0: the node's cores / ranks on the node
     chunk: int = 0  # points per chunk handed to a rank; 0: automatic
     points_per_pass: int = 1  # grid points per forward pass (vmap); 0: measure at start-up
+    bn_recompute: int = 0  # re-estimate BN statistics at every point from N train examples (0: keep θ*'s)
     subset: int = 0  # evaluate on N examples of each split (0: all) for quick previews
     subset_mode: str = "first"  # first N, or a fixed random N (numpy seed 0)
     precision: str = "fp32"  # fp32, bf16 or fp16 autocast of the forward pass (sums stay float64)
@@ -99,6 +100,7 @@ HELP = {
     "threads": "torch threads per rank (0: cores per node / ranks per node)",
     "chunk": "points per chunk (0: automatic)",
     "points_per_pass": "grid points evaluated per forward pass via vmap (0: measure and pick at start-up)",
+    "bn_recompute": "re-estimate batch-norm statistics at every point from the first N train examples (0: off)",
     "subset": "evaluate on N examples of each split (0: all), recorded in the file",
     "subset_mode": "first: the first N examples; random: a fixed random N (seed 0)",
     "precision": "fp32, bf16 or fp16 autocast of the forward pass; sums stay float64",

@@ -59,6 +59,7 @@ class SurfaceEvaluator:
         precision: str = "fp32",
         compile: bool = False,
         channels_last: bool = False,
+        bn_calibration: Split | None = None,
     ):
         if loss_name not in LOSSES and ":" not in loss_name:
             raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSSES)}")
@@ -84,6 +85,9 @@ class SurfaceEvaluator:
         self.batch_size = int(batch_size)
         self.metrics = [f"{s}/{m}" for s in self.splits for m in ("loss", "acc")]
         self.set_points_per_pass(points_per_pass)
+        self.calibration = None
+        if bn_calibration is not None:
+            self._prepare_calibration(bn_calibration, dir_type)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -115,6 +119,39 @@ class SurfaceEvaluator:
 
     def restore(self) -> None:
         self.set_point(())
+        if self.calibration is not None:
+            torch._foreach_copy_(self.bn_buffers, self.bn_origin)
+
+    def _prepare_calibration(self, split: Split, dir_type: str) -> None:
+        """BN statistics re-estimated at every point from `split` (precise BN: the average over
+        its batches of the batch statistics of the perturbed network)."""
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        self.bn_layers = [m for m in self.model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        if not self.bn_layers:
+            raise UserError("--bn_recompute: the model has no batch-norm layer with running statistics: leave it out")
+        if dir_type == "states":
+            raise UserError("--bn_recompute re-estimates the BN statistics that --dir_type states perturbs: choose one")
+        if self.points_per_call > 1:
+            raise UserError("--bn_recompute works one point per pass: leave out --points_per_pass")
+        self.bn_buffers = [b for m in self.bn_layers for b in (m.running_mean, m.running_var)]
+        self.bn_origin = [b.clone() for b in self.bn_buffers]
+        self.calibration = split.to(self.device, self.memory_format)
+
+    @torch.no_grad()
+    def recalibrate(self) -> None:
+        for m in self.bn_layers:
+            m.reset_running_stats()
+            m.momentum, m.saved_momentum = None, m.momentum  # None: cumulative average over batches
+            m.train()
+        try:
+            for i in range(0, len(self.calibration), self.batch_size):
+                with self.autocast():
+                    self.forward(self.calibration.inputs[i : i + self.batch_size])
+        finally:
+            for m in self.bn_layers:
+                m.momentum = m.saved_momentum
+                m.eval()
 
     @torch.no_grad()
     def evaluate_point(self) -> torch.Tensor:
@@ -140,6 +177,8 @@ class SurfaceEvaluator:
         out = np.empty((len(coords), len(self.metrics)))
         for k, coord in enumerate(coords):
             self.set_point(coord)
+            if self.calibration is not None:
+                self.recalibrate()
             out[k] = self.evaluate_point().cpu().numpy()
         return out
 

@@ -104,6 +104,7 @@ def compute_surface(
     precision: str = "fp32",
     compile: bool = False,
     channels_last: bool = False,
+    bn_calibration: Split | None = None,
     force: bool = False,
     progress: bool = False,
     attrs: dict | None = None,
@@ -133,7 +134,8 @@ def compute_surface(
     was_training = model.training  # the model is left as it was (the evaluator switches it to eval mode)
     evaluator = SurfaceEvaluator(model, splits, directions, dir_type=dir_type, loss_name=loss_name,
                                  batch_size=batch_size, device=device, points_per_pass=max(points_per_pass, 1),
-                                 precision=precision, compile=compile, channels_last=channels_last)
+                                 precision=precision, compile=compile, channels_last=channels_last,
+                                 bn_calibration=bn_calibration)
     on_root(comm, evaluator.check_deterministic)
     if points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
         evaluator.set_points_per_pass(on_root(comm, evaluator.fastest_points_per_pass))
@@ -146,6 +148,7 @@ def compute_surface(
         "grid_x": [float(grid.x[0]), float(grid.x[-1]), len(grid.x)],
         "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
         "splits": list(splits), "loss_name": loss_name, "dir_type": dir_type, "directions": source,
+        "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
     }
     lock = store.FileLock(path)
 
@@ -230,10 +233,18 @@ def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
     return model, splits, device
 
 
-def subset(split: Split, n: int, mode: str, name: str) -> Split:
+def calibration_split(job) -> Split | None:
+    """The first job.bn_recompute train examples (before any --subset), or None."""
+    if not job.bn_recompute:
+        return None
+    train = load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"])["train"]
+    return subset(train, job.bn_recompute, "first", "train", "--bn_recompute")
+
+
+def subset(split: Split, n: int, mode: str, name: str, flag: str = "--subset") -> Split:
     """The first n examples, or n drawn at random with numpy seed 0 (kept in their order)."""
     if n > len(split):
-        raise UserError(f"--subset {n} is larger than split {name!r} ({len(split)} examples): choose at most {len(split)}")
+        raise UserError(f"{flag} {n} is larger than split {name!r} ({len(split)} examples): choose at most {len(split)}")
     index = np.arange(n) if mode == "first" else np.sort(np.random.RandomState(0).permutation(len(split))[:n])
     index = torch.from_numpy(index)
     return Split(split.inputs[index], split.labels[index])
@@ -266,6 +277,7 @@ def run_job(job, comm=None) -> int:
         seed=job.seed, directions=directions, surf_file=job.surf_file, batch_size=job.batch_size, device=device,
         comm=comm, chunk=job.chunk, write=job.write, points_per_pass=job.points_per_pass, precision=job.precision,
         compile=job.compile, channels_last=job.channels_last, force=job.force,
+        bn_calibration=calibration_split(job),
         progress=job.progress, attrs={"config": job.to_yaml()}, extra=extra, source=source)
     summary = surface.summary
     if comm.rank == 0:
