@@ -10,12 +10,14 @@ A stop request (SIGTERM, SIGUSR1, SIGINT) makes the rank finish the point in
 hand, write it, and add a large number to the counter, so every other rank
 stops after its current point as well; the run then reports `interrupted`.
 
-Under mpirun (OpenMPI 4.1): SIGUSR1 sent to mpirun is forwarded to every rank
-and mpirun exits 75; SIGTERM/SIGINT sent to mpirun are forwarded as SIGTERM,
-the ranks stop cleanly (75), but mpirun itself exits 1, and it SIGKILLs ranks
-still running after `odls_base_sigkill_timeout` (default 1 s; raise it with
-OMPI_MCA_odls_base_sigkill_timeout when a point takes longer). SIGTERM sent to
-every rank (srun, a scheduler signalling the job step) gives 75.
+Under mpirun (OpenMPI 4.1, measured; tests/test_resume.py): SIGUSR1 sent to
+mpirun is forwarded to every rank at once, and mpirun exits 75. SIGTERM or
+SIGINT sent to mpirun: it waits `odls_base_sigkill_timeout`
+(T, default 1 s), sends SIGTERM to the ranks, waits T again, then SIGKILL; the
+ranks stop cleanly if the point in hand ends within T, but mpirun itself exits
+1 (raise T with OMPI_MCA_odls_base_sigkill_timeout when a point takes longer).
+SIGTERM sent to every rank (srun, a scheduler signalling the job step) gives 75.
+A signal that arrives before engine.run (imports, start-up) ends the process.
 
 Debugging knob: LANDSCAPE_SLOW_RANKS="1:3[,2:1.5]" makes rank 1 take 3x as long
 per evaluator call, by sleeping 2x the measured evaluation time after each call
