@@ -107,7 +107,7 @@ def main() -> None:
     if opts.worker:
         return worker(opts)
 
-    from landscape.grid import chunk_size
+    from landscape.grid import chunk_bounds
 
     with tempfile.TemporaryDirectory(prefix="lb-") as tmp:
         cases = {}
@@ -123,7 +123,7 @@ def main() -> None:
     actual = predictions(n, t_fast, t_slow)
     result = {
         "job": f"digits {opts.model}, {opts.grid}x{opts.grid} grid ({n} points), 2 ranks, --threads 1, "
-               f"chunk {chunk_size(n, 2, opts.chunk)} points",
+               f"{len(chunk_bounds(n, 2, opts.chunk)) - 1} chunks ({opts.chunk or 'guided'})",
         "slow_factor_rank1": f,
         "cases": cases,
         "nominal": {"seconds_per_point_per_rank": round(t, 4), **nominal},

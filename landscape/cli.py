@@ -1,4 +1,4 @@
-"""Command line: `landscape surface|plot|train|import-directions|export-reference ...`
+"""Command line: `landscape surface|plot|vtk|info|train|import-directions|export-reference|hessian ...`
 (plot_surface.py is `landscape surface`)."""
 from __future__ import annotations
 
@@ -30,16 +30,30 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("surface", help="compute (or resume) a 1D/2D loss surface; MPI-aware")
     add_job_arguments(s)
-    pl = sub.add_parser("plot", help="draw every figure a surface file supports")
-    pl.add_argument("surf_file")
+    pl = sub.add_parser("plot", help="draw every figure a surface file supports (or compare files side by side)")
+    pl.add_argument("surf_files", nargs="+", metavar="surf_file", help="one or more surface files")
     pl.add_argument("--out_dir", default=None, help="folder for the figures (default: the file's folder)")
     pl.add_argument("--format", default="png,pdf", help="comma-separated formats: png, pdf, svg")
-    pl.add_argument("--vmin", type=float, default=None)
-    pl.add_argument("--vmax", type=float, default=None)
-    pl.add_argument("--vlevel", type=float, default=None)
+    pl.add_argument("--vmin", type=float, default=None, help="lowest loss level (default: the minimum)")
+    pl.add_argument("--vmax", type=float, default=None, help="highest loss level (default: 75th percentile)")
+    pl.add_argument("--vlevel", type=float, default=None, help="spacing of loss levels (decades with --log)")
     pl.add_argument("--log", action="store_true", help="log10 of the loss")
-    pl.add_argument("--cmap", default="viridis")
-    pl.add_argument("--dpi", type=int, default=150)
+    pl.add_argument("--cmap", default="viridis", help="a matplotlib colormap")
+    pl.add_argument("--dpi", type=int, default=150, help="resolution of raster formats")
+    pl.add_argument("--kinds", default=None,
+                    help="comma-separated: 1d, contour, contourf, heat, 3d, trajectory, hessian (default: all the file supports)")
+    pl.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
+    pl.add_argument("--metrics", default=None, help="comma-separated: loss, acc (default: both)")
+    pl.add_argument("--compare", action="store_true", help="one figure with a panel per file on one colour scale")
+    pl.add_argument("--titles", default=None, help="with --compare: comma-separated panel titles, one per file")
+    vt = sub.add_parser("vtk", help="export a 2D surface for ParaView (.vtu, written with meshio)")
+    vt.add_argument("surf_file")
+    vt.add_argument("--out", default=None, help="the .vtu (or legacy .vtk) file (default: <stem>.vtu next to the file)")
+    vt.add_argument("--split", default=None, help="split whose loss is z (default: the first, train)")
+    vt.add_argument("--log", action="store_true", help="z = log10 loss")
+    vt.add_argument("--zscale", type=float, default=1.0, help="z = zscale * loss (or * log10 loss)")
+    inf = sub.add_parser("info", help="a short summary of a surface file: grid, completion, minima, sharpness, provenance")
+    inf.add_argument("surf_file")
     t = sub.add_parser("train", help="train a demo model and save a checkpoint per epoch")
     t.add_argument("--model", default="digits_cnn")
     t.add_argument("--dataset", default="digits")
@@ -84,11 +98,28 @@ def run(argv: list[str]) -> int:
 
         return run_job(job_from_args(args))
     if args.command == "plot":
-        from .plot import plot_file
+        from .plot import compare_files, plot_file
 
-        paths = plot_file(args.surf_file, args.out_dir, formats=tuple(args.format.split(",")), vmin=args.vmin,
-                          vmax=args.vmax, vlevel=args.vlevel, log=args.log, cmap=args.cmap, dpi=args.dpi)
-        print(f"[landscape] {len(paths)} figures in {paths[0].parent if paths else args.out_dir}")
+        opts = dict(formats=args.format, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log,
+                    cmap=args.cmap, dpi=args.dpi, kinds=args.kinds, splits=args.splits, metrics=args.metrics)
+        if args.compare:
+            paths = compare_files(args.surf_files, args.out_dir, titles=args.titles, **opts)
+        elif args.titles is not None:
+            raise UserError("--titles goes with --compare: add --compare to draw the files side by side")
+        else:
+            paths = [p for f in args.surf_files for p in plot_file(f, args.out_dir, **opts)]
+        print(f"[landscape] {len(paths)} figures in {', '.join(sorted({str(p.parent) for p in paths})) or '-'}")
+        return 0
+    if args.command == "vtk":
+        from .export import write_vtk
+
+        out = write_vtk(args.surf_file, args.out, log=args.log, zscale=args.zscale, split=args.split)
+        print(f"[landscape] {out}")
+        return 0
+    if args.command == "info":
+        from .info import info
+
+        print(info(args.surf_file))
         return 0
     if args.command == "train":
         from .train import train
@@ -134,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user mistake prints one line and exits 2; under MPI an unexpected
     error on one rank aborts the whole job (no rank hangs), and the file stays resumable."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("surface", "hessian"):
+        from .engine import install_stop_handlers
+
+        install_stop_handlers()
     try:
         return run(argv)
     except UserError as exc:

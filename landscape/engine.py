@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import store
-from .grid import Grid, chunk_size
+from .grid import Grid, chunk_bounds
 
 STOP = 1 << 40  # added to the chunk counter to stop every rank
 
@@ -82,33 +82,43 @@ class SharedCounters:
         self.win.Free()
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+_received: int | None = None  # the stop signal received by this process, if any
+
+
+def _note_signal(signum, frame):
+    global _received
+    _received = signum
+
+
+def install_stop_handlers() -> None:
+    """Turn stop signals into a flag from now on (the CLI calls this first, so a signal during
+    start-up also ends in a clean stop with exit code 75 instead of a kill)."""
+    for s in SIGNALS:
+        signal.signal(s, _note_signal)
+
+
 class StopRequest:
-    """Signal handlers that only set a flag; restored on exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self):
-        self.signum = None
+    """Stop signals set a flag while the engine runs; the previous handlers come back after."""
 
     def __enter__(self):
         self.saved = {}
-        for s in self.SIGNALS:
+        for s in SIGNALS:
             try:
-                self.saved[s] = signal.signal(s, self._handle)
+                self.saved[s] = signal.signal(s, _note_signal)
             except ValueError:  # not the main thread
                 pass
         return self
 
-    def _handle(self, signum, frame):
-        self.signum = signum
-
     def __exit__(self, *exc):
+        global _received
         for s, h in self.saved.items():
-            signal.signal(s, h)
+            signal.signal(s, h if h is not _note_signal else signal.SIG_DFL)
+        _received = None
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        return _received is not None
 
 
 class Progress:
@@ -176,8 +186,8 @@ def run(evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str =
     start = time.monotonic()
     order = grid.coarse_to_fine()
     todo = order[~done[order]]
-    size = chunk_size(len(todo), comm.size, chunk)
-    n_chunks = -(-len(todo) // size)
+    bounds = chunk_bounds(len(todo), comm.size, chunk)
+    n_chunks = len(bounds) - 1
     counters = SharedCounters(comm)
     writer = store.writer_for(path, comm, evaluator.metrics, mask, parallel_write)
     bar = Progress(grid.size, int(done.sum()), progress and comm.rank == 0, label)
@@ -194,7 +204,7 @@ def run(evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str =
             if c >= n_chunks:
                 interrupted = c >= STOP
                 break
-            points = todo[c * size : (c + 1) * size]
+            points = todo[bounds[c] : bounds[c + 1]]
             for i in range(0, len(points), step):
                 sub = points[i : i + step]
                 t0 = time.monotonic()

@@ -95,9 +95,17 @@ class Grid:
         return np.argsort(-flat, kind="stable").astype(np.int64)
 
 
-def chunk_size(todo: int, ranks: int, requested: int = 0) -> int:
-    """Points per chunk: `requested`, or about 8 chunks per rank (at most 16 points) so the
-    dynamic hand-out balances load while writes stay per chunk."""
+def chunk_bounds(todo: int, ranks: int, requested: int = 0) -> np.ndarray:
+    """Start offsets of the chunks (plus the end) over `todo` points.
+
+    `requested` > 0: fixed-size chunks. Otherwise guided self-scheduling: each chunk takes
+    1/(4·ranks) of the points still left, at most 16 and at least 1, so chunks are large
+    while there is much to do and single points at the end, where a slow rank's last
+    chunk would otherwise keep the others waiting."""
     if requested > 0:
-        return requested
-    return max(1, min(16, todo // (8 * max(1, ranks))))
+        return np.append(np.arange(0, todo, requested), todo)
+    bounds, start = [0], 0
+    while start < todo:
+        start += min(16, max(1, -(-(todo - start) // (4 * max(1, ranks)))))
+        bounds.append(min(start, todo))
+    return np.array(bounds, dtype=np.int64)

@@ -25,14 +25,14 @@ PY=${PYTHON:-python3}
 VPY=.venv/bin/python
 pip_install() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
 
-if ! "$VPY" -c "import torch, mpi4py, numpy, matplotlib, yaml, tqdm, sklearn, pytest, Cython, pkgconfig" 2>/dev/null; then
+if ! "$VPY" -c "import torch, mpi4py, numpy, matplotlib, yaml, tqdm, sklearn, meshio, pytest, Cython, pkgconfig" 2>/dev/null; then
     log "pip install torch==2.13.0 and the rest"
     # torch pinned: this version is the CPU wheel here; a plain 'torch' pulls CUDA packages.
     # docker/Dockerfile sets TORCH_SPEC / TORCH_INDEX_URL for the CUDA build.
     if [ -n "${TORCH_INDEX_URL:-}" ]; then
         pip_install --index-url "$TORCH_INDEX_URL" "${TORCH_SPEC:-torch==2.13.0}"
     fi
-    pip_install "${TORCH_SPEC:-torch==2.13.0}" mpi4py numpy matplotlib pyyaml tqdm scikit-learn \
+    pip_install "${TORCH_SPEC:-torch==2.13.0}" mpi4py numpy matplotlib pyyaml tqdm scikit-learn meshio \
         pytest "Cython>=3" pkgconfig setuptools wheel
 fi
 
