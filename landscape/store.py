@@ -319,4 +319,9 @@ def writer_for(path, comm, metrics, mask, parallel: bool | None = None):
     """ParallelWriter when h5py has MPI support (and more than one rank), else GatherWriter."""
     if parallel is None:
         parallel = mpi_h5py() and comm.size > 1
+    if parallel and not mpi_h5py():
+        exc = UserError("--write parallel needs h5py built with MPI (h5py.get_config().mpi is False): "
+                        "use --write gather, or build h5py as scripts/setup.sh does")
+        exc.shared = True  # the same on every rank
+        raise exc
     return (ParallelWriter if parallel else GatherWriter)(path, comm, metrics, mask)

