@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from .errors import EXIT_USER_ERROR, UserError
+from .errors import EXIT_USER_ERROR, UserError, storage_problem
 
 GRID_FLAGS = ("--x", "--y")
 
@@ -174,6 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if not (getattr(exc, "shared", False) and rank() != 0):
             print(f"landscape: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `landscape info FILE | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        reason = storage_problem(exc)
+        if reason is None:
+            raise
+        print(f"landscape: error: cannot write ({reason}): free space or fix the permissions, then rerun the same "
+              "command: every point written so far is kept", file=sys.stderr)
+        sys.stderr.flush()
+        if "mpi4py.MPI" in sys.modules:
+            from mpi4py import MPI
+
+            if MPI.COMM_WORLD.size > 1:
+                MPI.COMM_WORLD.Abort(EXIT_USER_ERROR)  # the other ranks would wait for this one
         return EXIT_USER_ERROR
     except BaseException:
         if "mpi4py.MPI" in sys.modules:

@@ -27,7 +27,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # our own lock below; H
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from .errors import UserError, storage_problem  # noqa: E402
 from .grid import Grid  # noqa: E402
 
 FORMAT = "landscape-surface"
@@ -88,7 +88,8 @@ def open_surface(path: str | Path, mode: str = "r", formats: tuple[str, ...] = (
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
-        raise UserError(f"{str(path)!r} is not a readable HDF5 file ({exc}): delete it or pass --force to start over") from None
+        raise UserError(f"{str(path)!r} is not a readable HDF5 file ({str(exc).splitlines()[0]}): it is damaged or "
+                        "not a surface file; move it aside, or pass --force to start over") from None
     if f.attrs.get("format") not in formats:
         reference = "xdirection" in f
         f.close()
@@ -141,7 +142,9 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
     try:
         create(path, grid, metrics, mask=mask, directions=directions, attrs=all_attrs, extra=extra)
     except OSError as exc:
-        raise UserError(f"cannot write {str(path)!r} ({exc}): choose a writable --surf_file") from None
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        reason = storage_problem(exc) or str(exc).splitlines()[0]
+        raise UserError(f"cannot write {str(path)!r} ({reason}): free space or choose another --surf_file") from None
     return np.zeros(grid.size, dtype=bool)
 
 

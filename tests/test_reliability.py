@@ -1,6 +1,9 @@
-"""Non-finite values at far points and the determinism check."""
+"""Non-finite values, the determinism check, BN re-estimation, disk full, read-only and damaged files."""
+import subprocess
+
 import h5py
 import numpy as np
+import pytest
 
 from conftest import run_surface
 
@@ -65,3 +68,44 @@ def test_bn_recompute_matches_precise_bn_by_hand(tmp_path, demo_checkpoint):
                  "--surf_file", str(plain)])
     with h5py.File(plain) as f:
         assert abs(f["train/loss"][0] - got[0]) > 1e-3
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 64 KiB tmpfs (needs root, as in CI); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(small_fs):
+    proc = run_surface(["--model", "digits_mlp", "--x=-1:1:101", "--y=-1:1:101", "--surf_file", str(small_fs / "s.h5")],
+                       check=False)
+    assert proc.returncode == 2 and "no space left on device" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(small_fs.iterdir())
+
+
+def test_read_only_file_system_on_resume(small_fs):
+    out = small_fs / "s.h5"
+    args = ["--model", "digits_mlp", "--x=-1:1:5", "--threads", "1", "--no-plot", "--surf_file", str(out)]
+    run_surface(args)
+    before = out.read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    proc = run_surface(args, check=False)
+    assert proc.returncode == 2 and "read-only file system" in proc.stderr.lower(), proc.stderr
+    assert "Traceback" not in proc.stderr and out.read_bytes() == before
+
+
+def test_truncated_file_is_explained(tmp_path):
+    out = tmp_path / "s.h5"
+    args = ["--model", "digits_mlp", "--x=-1:1:5", "--threads", "1", "--no-plot", "--surf_file", str(out)]
+    run_surface(args)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    proc = run_surface(args, check=False)
+    assert proc.returncode == 2 and "is not a readable HDF5 file" in proc.stderr and "--force" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    run_surface(args + ["--force"])  # the way out the message gives
