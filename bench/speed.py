@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,23 +74,56 @@ def engine_point(model, split: Split, batch: int, side: int, device, **options) 
     return (times[2 * side] - times[side]) / side**2
 
 
-def scaling(name: str, n: int, side: int, batch: int) -> dict:
+class NullEvaluator:
+    """Returns zeros at once: what is left of a run's time is the engine's own cost per point."""
+
+    metrics = ["train/loss", "train/acc", "test/loss", "test/acc"]
+    points_per_call = 1
+
+    def __call__(self, coords):
+        return np.zeros((len(coords), len(self.metrics)))
+
+
+def engine_overhead(comm=None, side: int = 40) -> float:
+    """Seconds per point and rank that the engine adds to the evaluation (chunk hand-out,
+    HDF5 writes of 4 metrics and the mask, progress), measured with NullEvaluator."""
+    from landscape import engine, store
+    from landscape.grid import Grid
+
+    comm = comm or engine.world()
+    grid = Grid(np.linspace(-1, 1, side), np.linspace(-1, 1, side))
+    tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None)
+    path = Path(tmp) / "null.h5"
+    done = comm.bcast(store.prepare(path, grid, NullEvaluator.metrics, {}) if comm.rank == 0 else None)
+    t0 = time.perf_counter()
+    engine.run(NullEvaluator(), grid, path, done, comm=comm, progress=False)
+    return (time.perf_counter() - t0) * comm.size / grid.size
+
+
+def scaling(name: str, n: int, side: int, batch: int, repeat: int) -> dict:
     """Points/s of the CLI engine with 1 and 2 ranks (mpirun, one thread per rank)."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
-    rates = {}
-    for ranks in (1, 2):
-        out = subprocess.run(["mpirun", "-n", str(ranks), sys.executable, __file__, "--worker", name, "--n", str(n),
-                              "--side", str(side), "--batch", str(batch)], env=env, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr)
-        rates[ranks] = float(out.stdout.strip().splitlines()[-1])
+    rates = {1: [], 2: []}
+    for _ in range(repeat):  # alternate 1 and 2 ranks; medians are kept
+        for ranks in (1, 2):
+            out = subprocess.run(["mpirun", "-n", str(ranks), sys.executable, __file__, "--worker", name, "--n", str(n),
+                                  "--side", str(side), "--batch", str(batch)], env=env, capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            rates[ranks].append(float(out.stdout.strip().splitlines()[-1]))
+    rates = {k: float(np.median(v)) for k, v in rates.items()}
     return {"model": name, "points_per_s_1": rates[1], "points_per_s_2": rates[2], "speedup": rates[2] / rates[1]}
 
 
 def worker(name: str, n: int, side: int, batch: int) -> None:
     from landscape.engine import world
 
+    if name == "null":
+        seconds = engine_overhead()
+        if world().rank == 0:
+            print(seconds)
+        return
     torch.set_num_threads(1)
     model, split = case(name, n)
     comm = world()
@@ -108,6 +142,7 @@ def main():
     p.add_argument("--side", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="digits models only")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved repeats per variant (median kept)")
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.n, args.side, args.batch)
@@ -119,22 +154,44 @@ def main():
     rows = []
     for name, n, batch, side in cases:
         model, split = case(name, n)
-        floor = min(bare_forward(model, split, batch, device) for _ in range(3))
-        row = {"model": name, "n": len(split), "batch": batch, "forward_s": floor}
+        row = {"model": name, "n": len(split), "batch": batch}
         variants = {"plain": {}, "K=4": {"points_per_pass": 4}, "K=16": {"points_per_pass": 16},
-                    "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"}}
+                    "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
+                    "batch/4": {"batch_size": max(1, batch // 4)}}
         if name.startswith("resnet"):
             variants.pop("K=16")
+        floors = []
         for label, options in variants.items():
-            row[label] = engine_point(model, split, batch, side, device, **options) / floor
-        row["batch/4"] = engine_point(model, split, max(1, batch // 4), side, device) / floor
-        floor_after = min(bare_forward(model, split, batch, device) for _ in range(3))
-        row["floor_drift"] = floor_after / floor  # how much the machine's speed moved during the row
+            # floor right before and after each engine measurement, repeated; the median of the
+            # ratios is kept, so the machine's changing speed (shared, noisy) cancels out
+            options = {"batch_size": batch, **options}
+            size = options.pop("batch_size")
+            ratios = []
+            for _ in range(args.repeat):
+                before = min(bare_forward(model, split, batch, device) for _ in range(2))
+                point = engine_point(model, split, size, side, device, **options)
+                after = min(bare_forward(model, split, batch, device) for _ in range(2))
+                floors += [before, after]
+                ratios.append(point / (0.5 * (before + after)))
+            row[label] = float(np.median(ratios))
+        row["forward_s"] = float(np.median(floors))
+        row["floor_spread"] = max(floors) / min(floors)  # how much the machine's speed moved during the row
         rows.append(row)
-    scale = [scaling("digits_cnn", 1438, 9, 1438)] + ([] if args.quick else [scaling("resnet20", 128, 5, 128)])
+    scale = [scaling("digits_cnn", 1438, 9, 1438, args.repeat)]
+    if not args.quick:
+        scale.append(scaling("resnet20", 128, 5, 128, args.repeat))
+    overhead = {"1_rank_ms": 1e3 * engine_overhead()}
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
+    out = subprocess.run(["mpirun", "-n", "2", sys.executable, __file__, "--worker", "null"], env=env,
+                         capture_output=True, text=True)
+    overhead["2_ranks_ms"] = 1e3 * float(out.stdout.strip().splitlines()[-1])
+    for r in rows:
+        r["overhead_ratio"] = 1 + overhead["2_ranks_ms"] / 1e3 / r["forward_s"]
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     labels = [k for k in rows[0] if k not in ("model", "n", "batch", "forward_s")]
+    print("batch/4: engine at a quarter of the batch size, over the floor at the full batch size")
     print(f"time per grid point / one bare forward pass ({device}, 1 thread, {platform.machine()})")
     print(f"{'model':<11} {'n':>5} {'fwd ms':>8} " + " ".join(f"{k:>13}" for k in labels))
     for r in rows:
@@ -142,12 +199,15 @@ def main():
     for s in scale:
         print(f"scaling {s['model']}: 1 rank {s['points_per_s_1']:.2f} points/s, 2 ranks {s['points_per_s_2']:.2f} "
               f"points/s, speed-up {s['speedup']:.2f}x")
+    print(f"engine's own cost per point and rank (null evaluator): {overhead['1_rank_ms']:.2f} ms with 1 rank, "
+          f"{overhead['2_ranks_ms']:.2f} ms with 2 ranks; 1 + that / forward: "
+          + ", ".join(f"{r['model']} {r['overhead_ratio']:.3f}" for r in rows))
     print(f"peak memory {peak / 2**20:.0f} MiB")
     out = ROOT / "bench" / "results" / "speed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "machine": platform.machine(), "cpus": os.cpu_count(),
                                "torch": torch.__version__, "rows": rows, "scaling": scale,
-                               "peak_memory_bytes": peak}, indent=1))
+                               "engine_overhead": overhead, "peak_memory_bytes": peak}, indent=1))
 
 
 if __name__ == "__main__":

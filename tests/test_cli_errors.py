@@ -32,6 +32,12 @@ def write_files(folder):
     files["list.yaml"].write_text("- model\n- digits_cnn\n")
     files["broken.yaml"] = folder / "broken.yaml"
     files["broken.yaml"].write_text("model: [digits_cnn\nx: 1\n")
+    from landscape.data import load_dataset
+    from landscape.surface import compute_surface
+
+    files["mlp_surface.h5"] = folder / "mlp_surface.h5"  # directions of another model
+    compute_surface(build_model("digits_mlp"), {"train": load_dataset("digits")["train"]}, x="-1:1:2",
+                    surf_file=files["mlp_surface.h5"])
     return files
 
 
@@ -57,6 +63,15 @@ CASES = {
     "output-folder-missing": (["--surf_file", "{dir}/no/such/folder/s.h5"],
                               ["no/such/folder'", "does not exist"]),
     "batch-size-not-a-number": (["--batch_size", "big"], ["batch_size", "'big'"]),
+    "dir-file-of-other-model": (["--dir_file", "{mlp_surface.h5}"], ["x direction", "does not fit the model"]),
+    "dir-file-missing": (["--dir_file", "{dir}/none.h5"], ["none.h5", "does not exist"]),
+    "dir-file-not-hdf5": (["--dir_file", "{garbage.pt}"], ["garbage.pt", "not a readable HDF5 file"]),
+    "trajectory-matches-nothing": (["--trajectory", "{dir}/ckpt_*.pt"], ["ckpt_*.pt", "matches no file"]),
+    "trajectory-too-few": (["--trajectory", "{mlp.pt}"], ["at least 3 checkpoints"]),
+    "model-file3-alone": (["--model_file3", "{mlp.pt}"], ["needs --model_file2"]),
+    "subset-too-large": (["--subset", "100000"], ["--subset 100000", "larger than split"]),
+    "bn-recompute-without-bn": (["--model", "digits_mlp", "--bn_recompute", "100"], ["no batch-norm layer"]),
+    "unknown-split": (["--splits", "train,valid"], ["'valid'", "train"]),
 }
 
 
