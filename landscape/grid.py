@@ -42,9 +42,6 @@ class Axis:
             raise UserError(f"--{name}={spec!r}: min must be smaller than max, e.g. --{name}=-1:1:51")
         return cls(lo, hi, num)
 
-    def spec(self) -> str:
-        return f"{self.min:g}:{self.max:g}:{self.num}"
-
     def coordinates(self) -> np.ndarray:
         return np.linspace(self.min, self.max, self.num)
 

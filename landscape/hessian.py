@@ -311,18 +311,7 @@ class SurfaceInfo:
 
 def read_surface(path: Path) -> SurfaceInfo:
     """Coordinates, job and directions of a surface file, with a one-line error when it is not one."""
-    import h5py
-
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} does not exist: give the path of a surface file written by `landscape surface`")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{str(path)!r} is not an HDF5 file: give a surface file written by `landscape surface`") from None
-    with f:
-        fmt = f.attrs.get("format", "")
-        if (fmt.decode() if isinstance(fmt, bytes) else fmt) != store.FORMAT or "x" not in f:
-            raise UserError(f"{str(path)!r} is not a landscape surface file: give a file written by `landscape surface`")
+    with store.open_surface(path) as f:
         if "config" not in f.attrs or "directions" not in f:
             raise UserError(f"{str(path)!r} has no job config or no directions: compute it with `landscape surface`, "
                             "which stores both")

@@ -165,7 +165,7 @@ def _title(split, label, surf, s=1):
     return f"{split} {label}{_done(surf, s)}"
 
 
-def _save(fig, out_dir, name, formats, dpi, written):
+def save_figure(fig, out_dir, name, formats, dpi, written):
     for fmt in formats:
         p = out_dir / f"{name}.{fmt}"
         try:
@@ -318,7 +318,7 @@ def _plot_1d(surf, stem, splits, opts, out_dir, written):
         _finish_curves(axes, opts)
         what = " and ".join({"loss": "loss", "acc": "accuracy"}[m] for m in axes)
         ax.set_title(_title(" and ".join(group), what, surf, s))
-        _save(fig, out_dir, f"{stem}_{group[0]}_1d" if len(group) == 1 else f"{stem}_1d_all", *opts["save"], written)
+        save_figure(fig, out_dir, f"{stem}_{group[0]}_1d" if len(group) == 1 else f"{stem}_1d_all", *opts["save"], written)
 
 
 # ---- 2D figures ---------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ def _plot_honesty(surf, stem, splits, opts, out_dir, written):
     ax.legend(handles, [h.get_label() for h in handles], fontsize="x-small", loc="upper right")
     ev = t["explained_variance"]
     ax.set_title(f"trajectory: PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% of variance")
-    _save(fig, out_dir, f"{stem}_trajectory", *opts["save"], written)
+    save_figure(fig, out_dir, f"{stem}_trajectory", *opts["save"], written)
 
 
 def _plot_2d(surf, stem, splits, kinds, opts, out_dir, written):
@@ -464,7 +464,7 @@ def _plot_2d(surf, stem, splits, kinds, opts, out_dir, written):
                     _colorbar(fig, mappable, ax, kind, p)
                 if surf.trajectory is not None and kind != "3d":
                     _path(ax, surf.trajectory["coords"])
-                _save(fig, out_dir, f"{stem}_{sp}_{metric}_{kind}", *opts["save"], written)
+                save_figure(fig, out_dir, f"{stem}_{sp}_{metric}_{kind}", *opts["save"], written)
 
 
 def plot_file(path, out_dir=None, *, formats=("png", "pdf"), vmin=None, vmax=None, vlevel=None,
@@ -570,7 +570,7 @@ def _compare_1d(surfs, titles, name, split, opts, out_dir, written):
     _finish_curves(axes, opts, min_lines=1)
     what = " (solid) and accuracy (dashed)" if len(axes) == 2 else ""
     ax.set_title(f"{split} {' and '.join(axes) if not what else 'loss' + what}")
-    _save(fig, out_dir, name, *opts["save"], written)
+    save_figure(fig, out_dir, name, *opts["save"], written)
 
 
 def _compare_2d(surfs, titles, stem, split, metric, kinds, opts, out_dir, written):
@@ -598,4 +598,4 @@ def _compare_2d(surfs, titles, stem, split, metric, kinds, opts, out_dir, writte
                 _path(ax, surf.trajectory["coords"])
         _colorbar(fig, mappable, list(axes[0]), kind, panels[0])
         fig.suptitle(f"{split} {label.replace(' (%)', '')}")
-        _save(fig, out_dir, f"{stem}_{split}_{metric}_{kind}", *opts["save"], written)
+        save_figure(fig, out_dir, f"{stem}_{split}_{metric}_{kind}", *opts["save"], written)

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
 
 from .errors import UserError  # noqa: E402
+from .plot import save_figure  # noqa: E402
 
 GROUP = "hessian"
 
@@ -102,13 +103,5 @@ def plot_hessian(path, out_dir=None, formats=("png", "pdf"), *, dpi: int = 150) 
             ax.set_ylabel(r"$\beta$")
         ax.set_xlabel(r"$\alpha$")
         ax.set_title(f"Hessian {label}{note}")
-        for fmt in formats:
-            p = out_dir / f"{path.stem}_hessian_{name}.{fmt}"
-            try:
-                fig.savefig(p, dpi=dpi)
-            except (OSError, ValueError) as exc:
-                plt.close(fig)
-                raise UserError(f"cannot write {str(p)!r} ({exc}): choose another output folder or format") from None
-            written.append(p)
-        plt.close(fig)
+        save_figure(fig, out_dir, f"{path.stem}_hessian_{name}", formats, dpi, written)
     return written

@@ -75,11 +75,6 @@ def add_datasets(f: h5py.File, shape: tuple[int, ...], metrics: list[str], mask:
         f.create_dataset(mask, data=np.zeros(shape, dtype=np.uint8))
 
 
-def read_job(path: str | Path) -> dict:
-    with open_surface(path) as f:
-        return json.loads(f.attrs.get("job", "{}"))
-
-
 def open_surface(path: str | Path, mode: str = "r", formats: tuple[str, ...] = (FORMAT,)) -> h5py.File:
     """Open an existing surface file, with a clear error when it is not one."""
     path = Path(path)
@@ -129,14 +124,7 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
                     f"{str(path)!r} holds another job ({'; '.join(diff[:3])}): "
                     "rerun with the same settings to resume, pass --force to overwrite, or choose another --surf_file"
                 )
-            missing = [m for m in metrics + [mask] if m not in f]
-        if missing:  # a new evaluator on an existing file (e.g. a Hessian map)
-            with h5py.File(path, "r+") as f:
-                add_datasets(f, grid.shape, metrics, mask)
-        with h5py.File(path, "r") as f:
             return f[mask][...].ravel().astype(bool)
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"cannot write {str(path)!r}: choose a writable --surf_file")
     all_attrs = dict(attrs or {})
     all_attrs["job"] = json.dumps(job, sort_keys=True)
     try:
@@ -240,6 +228,16 @@ class FileLock:
             self.fd = None
 
 
+def write_points(datasets, mask, points, values) -> None:
+    """Values of every point first (one column per dataset), then the point's mask entry."""
+    idx = [point_index(mask.shape, p) for p in points]
+    for j, ds in enumerate(datasets):
+        for i, v in zip(idx, values[:, j]):
+            ds[i] = v
+    for i in idx:
+        mask[i] = 1
+
+
 class ParallelWriter:
     """Every rank writes its own points into the shared file (driver='mpio', independent I/O)."""
 
@@ -247,19 +245,9 @@ class ParallelWriter:
         self.f = h5py.File(path, "r+", driver="mpio", comm=comm)
         self.datasets = [self.f[m] for m in metrics]
         self.mask = self.f[mask]
-        self.shape = self.mask.shape
 
     def write(self, points, values) -> None:
-        """Values of every point first, then its mask entry."""
-        idx = [point_index(self.shape, p) for p in points]
-        for j, ds in enumerate(self.datasets):
-            for i, v in zip(idx, values[:, j]):
-                ds[i] = v
-        for i in idx:
-            self.mask[i] = 1
-
-    def poll(self) -> None:
-        pass
+        write_points(self.datasets, self.mask, points, values)
 
     def close(self) -> None:  # collective
         self.f.close()
@@ -278,15 +266,9 @@ class GatherWriter:
             self.f = h5py.File(path, "r+")
             self.datasets = [self.f[m] for m in metrics]
             self.mask = self.f[mask]
-            self.shape = self.mask.shape
 
     def _write(self, points, values) -> None:
-        idx = [point_index(self.shape, p) for p in points]
-        for j, ds in enumerate(self.datasets):
-            for i, v in zip(idx, values[:, j]):
-                ds[i] = v
-        for i in idx:
-            self.mask[i] = 1
+        write_points(self.datasets, self.mask, points, values)
         self.f.flush()
 
     def write(self, points, values) -> None:
