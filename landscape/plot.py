@@ -65,8 +65,8 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def load(path) -> Surface:
-    """Read a surface file, with a UserError naming the problem and the fix."""
+def open_surface(path) -> h5py.File:
+    """A surface file opened for reading, or a UserError naming the problem and the fix."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
@@ -75,11 +75,19 @@ def load(path) -> Surface:
         f = h5py.File(path, "r")
     except OSError:
         raise UserError(f"{str(path)!r} is not an HDF5 file: give the path of a surface file written by landscape") from None
-    with f:
-        if _text(f.attrs.get("format", "")) != FORMAT:
-            raise UserError(f"{str(path)!r} is not a landscape surface file (no format={FORMAT!r}): pick a file written by landscape")
-        if int(f.attrs.get("format_version", 1)) != 1:
-            raise UserError(f"{str(path)!r} has format_version {f.attrs['format_version']}: upgrade landscape to plot it")
+    if _text(f.attrs.get("format", "")) != FORMAT:
+        f.close()
+        raise UserError(f"{str(path)!r} is not a landscape surface file (no format={FORMAT!r}): pick a file written by landscape")
+    if int(f.attrs.get("format_version", 1)) != 1:
+        f.close()
+        raise UserError(f"{str(path)!r} has format_version {f.attrs['format_version']}: upgrade landscape to plot it")
+    return f
+
+
+def load(path) -> Surface:
+    """Read a surface file, with a UserError naming the problem and the fix."""
+    path = Path(path)
+    with open_surface(path) as f:
         if "x" not in f:
             raise UserError(f"{str(path)!r} has no /x coordinates: the file is damaged, recompute it")
         x = np.asarray(f["x"][...], dtype=float)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")  # read while a job writes (see store.py)
 
-import h5py  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -21,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
 
 from .errors import UserError  # noqa: E402
-from .plot import save_figure  # noqa: E402
+from .plot import open_surface, save_figure  # noqa: E402
 
 GROUP = "hessian"
 
@@ -29,13 +28,7 @@ GROUP = "hessian"
 def read_map(path: Path) -> dict:
     """x, y (None in 1D), lambda_max, lambda_min, mask (bool) of the file's Hessian map, and the
     surface's axis ranges (x_range, y_range)."""
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} does not exist: give the path of a surface file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise UserError(f"{str(path)!r} is not an HDF5 file: give a surface file written by landscape") from None
-    with f:
+    with open_surface(path) as f:
         if GROUP not in f or "mask" not in f[GROUP]:
             raise UserError(f"{str(path)!r} has no Hessian map: compute it with `landscape hessian {path}`")
         g = f[GROUP]
