@@ -83,8 +83,9 @@ def open_surface(path: str | Path, mode: str = "r", formats: tuple[str, ...] = (
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
-        raise UserError(f"{str(path)!r} is not a readable HDF5 file ({str(exc).splitlines()[0]}): it is damaged or "
-                        "not a surface file; move it aside, or pass --force to start over") from None
+        raise UserError(f"{str(path)!r} is not a readable HDF5 file ({str(exc).splitlines()[0]}): if a crashed "
+                        f"writer left it marked open, `h5clear -s {path}` makes it readable again; if it is truncated "
+                        "or not a surface file, move it aside (or pass --force) to start over") from None
     if f.attrs.get("format") not in formats:
         reference = "xdirection" in f
         f.close()
