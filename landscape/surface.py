@@ -49,11 +49,28 @@ def on_root(comm, fn):
         except UserError as exc:
             error = str(exc)
     result, error = comm.bcast((result, error), root=0)
+    raise_shared(error)
+    return result
+
+
+def on_all(comm, fn):
+    """Run fn on every rank; if any rank raises a UserError, every rank raises the first one
+    (so no rank goes on alone into the run and waits there for the others forever)."""
+    result = error = None
+    try:
+        result = fn()
+    except UserError as exc:
+        error = str(exc)
+    errors = comm.allgather(error) if comm.size > 1 else [error]
+    raise_shared(next((e for e in errors if e), None))
+    return result
+
+
+def raise_shared(error: str | None) -> None:
     if error:
         exc = UserError(error)
         exc.shared = True  # every rank has it: only rank 0 prints it
         raise exc
-    return result
 
 
 def as_splits(data) -> dict[str, Split]:
@@ -212,22 +229,28 @@ def set_threads(requested: int, comm) -> None:
 
 
 def load_inputs(job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
-    """The model (θ* loaded, eval mode), the job's splits and this rank's device, checked."""
+    """The model (θ* loaded, eval mode), the job's splits and this rank's device, checked;
+    a mistake found on any rank stops every rank."""
     set_threads(job.threads, comm)
     device = pick_device(job.device, comm)
-    model = build_model(job.model, seed=job.seed)
-    if job.model_file:
-        load_checkpoint(model, job.model_file)
-    splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
-    if job.subset:
-        splits = {name: subset(s, job.subset, job.subset_mode, name) for name, s in splits.items()}
-    sample = splits[job.splits[0]]
-    num_classes = num_outputs(model, sample.inputs[:4], job.model)
-    for name, s in splits.items():
-        check_labels(s, num_classes, name)
-    if is_import_path(job.loss_name):
-        with torch.no_grad():
-            check_loss(job.loss_name, model(sample.inputs[:4]), sample.labels[:4])
+
+    def load():
+        model = build_model(job.model, seed=job.seed)
+        if job.model_file:
+            load_checkpoint(model, job.model_file)
+        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
+        if job.subset:
+            splits = {name: subset(s, job.subset, job.subset_mode, name) for name, s in splits.items()}
+        sample = splits[job.splits[0]]
+        num_classes = num_outputs(model, sample.inputs[:4], job.model)
+        for name, s in splits.items():
+            check_labels(s, num_classes, name)
+        if is_import_path(job.loss_name):
+            with torch.no_grad():
+                check_loss(job.loss_name, model(sample.inputs[:4]), sample.labels[:4])
+        return model, splits
+
+    model, splits = on_all(comm, load)
     if comm.size > 1 and (is_import_path(job.model) or is_import_path(job.dataset)):
         same_on_all_ranks(comm, model, splits)
     return model, splits, device
@@ -263,14 +286,20 @@ def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
 def run_job(job, comm=None) -> int:
     """Run a surface job (a config.Job) on every rank; returns the process exit code."""
     comm = comm or engine.world()
+
     model, splits, device = load_inputs(job, comm)
-    x, y = job.axes()
-    directions, extra, source, traj = None, None, None, None
-    from_models = job_directions(job, model)
-    if from_models:
-        directions, x, y, extra, source, traj = from_models
-    elif job.dir_file:
-        directions = store.read_directions(job.dir_file)
+
+    def directions_of_job():
+        x, y = job.axes()
+        directions, extra, source, traj = None, None, None, None
+        from_models = job_directions(job, model)
+        if from_models:
+            directions, x, y, extra, source, traj = from_models
+        elif job.dir_file:
+            directions = store.read_directions(job.dir_file)
+        return x, y, directions, extra, source, traj
+
+    x, y, directions, extra, source, traj = on_all(comm, directions_of_job)
     surface = compute_surface(
         model, splits, x=x, y=y, loss_name=job.loss_name, dir_type=job.dir_type,
         norm=(job.xnorm, job.ynorm or job.xnorm), ignore=(job.xignore, job.yignore or job.xignore),

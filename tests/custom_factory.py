@@ -84,3 +84,11 @@ class NoisyNet(torch.nn.Module):
 
 def noisy_model():
     return NoisyNet()
+
+
+def broken_on_rank_one():
+    """A model factory that fails on MPI rank 1 only (a file missing on one node, say)."""
+    import os
+
+    ok = os.environ.get("OMPI_COMM_WORLD_RANK") != "1"
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) if ok else None

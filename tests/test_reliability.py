@@ -109,3 +109,13 @@ def test_truncated_file_is_explained(tmp_path):
     assert proc.returncode == 2 and "is not a readable HDF5 file" in proc.stderr and "--force" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     run_surface(args + ["--force"])  # the way out the message gives
+
+
+def test_a_mistake_on_one_rank_stops_every_rank(tmp_path):
+    """No rank goes on alone and waits for the others forever: the job ends with the error."""
+    proc = run_surface(["--model", "custom_factory:broken_on_rank_one", "--x=-1:1:3", "--surf_file",
+                        str(tmp_path / "s.h5")], ranks=2, check=False, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("landscape: error:")]
+    assert len(errors) == 1 and "not a torch.nn.Module" in errors[0]
+    assert not (tmp_path / "s.h5").exists()
