@@ -17,7 +17,9 @@ SIGINT sent to mpirun: it waits `odls_base_sigkill_timeout`
 ranks stop cleanly if the point in hand ends within T, but mpirun itself exits
 1 (raise T with OMPI_MCA_odls_base_sigkill_timeout when a point takes longer).
 SIGTERM sent to every rank (srun, a scheduler signalling the job step) gives 75.
-A signal that arrives before engine.run (imports, start-up) ends the process.
+The CLI turns these signals into the flag first thing (`install_stop_handlers`), so a
+signal during start-up also ends in a clean stop; only one before Python reaches
+landscape's main kills the process.
 
 Debugging knob: LANDSCAPE_SLOW_RANKS="1:3[,2:1.5]" makes rank 1 take 3x as long
 per evaluator call, by sleeping 2x the measured evaluation time after each call

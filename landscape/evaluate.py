@@ -79,7 +79,7 @@ class SurfaceEvaluator:
         self.origin = [t.detach().clone() for t in self.targets]  # clone keeps each tensor's memory format
         self.directions = [[torch.empty_like(t).copy_(d[n]) for n, t in zip(self.names, self.targets)] for d in directions]
         # a perturbed running variance must stay >= 0
-        self.variances = [t for n, t in zip(self.names, self.targets) if n.endswith("running_var")]
+        self.variance_index = [i for i, n in enumerate(self.names) if n.endswith("running_var")]
         self.splits = {name: split.to(self.device, self.memory_format) for name, split in splits.items()}
         self.loss_name = loss_name
         self.batch_size = int(batch_size)
@@ -95,12 +95,16 @@ class SurfaceEvaluator:
     @torch.no_grad()
     def set_point(self, coord) -> None:
         """θ <- θ* + Σ_i coord_i · d_i, in place."""
-        torch._foreach_copy_(self.targets, self.origin)
+        self._write_point(self.targets, coord)
+
+    def _write_point(self, tensors: list[torch.Tensor], coord) -> None:
+        """tensors <- θ* + Σ_i coord_i · d_i (running variances clamped at 0), in place."""
+        torch._foreach_copy_(tensors, self.origin)
         for d, a in zip(self.directions, coord):
             if a != 0.0:
-                torch._foreach_add_(self.targets, d, alpha=float(a))
-        for v in self.variances:
-            v.clamp_(min=0.0)
+                torch._foreach_add_(tensors, d, alpha=float(a))
+        for i in self.variance_index:
+            tensors[i].clamp_(min=0.0)
 
     def check_deterministic(self) -> None:
         """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
@@ -228,14 +232,7 @@ class SurfaceEvaluator:
         """(k, n_metrics) for k <= points_per_pass coordinates, one forward pass per batch."""
         k = len(coords)
         for j, coord in enumerate(coords):
-            views = [s[j] for s in self.stack]
-            torch._foreach_copy_(views, self.origin)
-            for d, a in zip(self.directions, coord):
-                if a != 0.0:
-                    torch._foreach_add_(views, d, alpha=float(a))
-        for n, s in zip(self.names, self.stack):
-            if n.endswith("running_var"):
-                s.clamp_(min=0.0)
+            self._write_point([s[j] for s in self.stack], coord)
         tensors = [s[:k] for s in self.stack]
         columns = []
         for split in self.splits.values():
