@@ -230,13 +230,15 @@ class FileLock:
 
 
 def write_points(datasets, mask, points, values) -> None:
-    """Values of every point first (one column per dataset), then the point's mask entry."""
-    idx = [point_index(mask.shape, p) for p in points]
-    for j, ds in enumerate(datasets):
-        for i, v in zip(idx, values[:, j]):
-            ds[i] = v
-    for i in idx:
-        mask[i] = 1
+    """Values of every point first (one column per dataset), then the points' mask entries:
+    one element-selection write per dataset (h5py's fancy indexing costs ~0.1 ms per element)."""
+    coords = np.array([point_index(mask.shape, p) for p in points], dtype=np.uint64).reshape(len(points), -1)
+    memory = h5py.h5s.create_simple((len(points),))
+    columns = [np.ascontiguousarray(values[:, j], dtype=ds.dtype) for j, ds in enumerate(datasets)]
+    for ds, column in zip([*datasets, mask], [*columns, np.ones(len(points), dtype=mask.dtype)]):
+        space = ds.id.get_space()
+        space.select_elements(coords)
+        ds.id.write(memory, space, column)
 
 
 class ParallelWriter:
