@@ -4,7 +4,9 @@
 - point: the engine's marginal wall time per grid point (compute_surface, file writes included,
   one-off start-up excluded by timing two grid sizes);
 - ratio = point / floor (1.0 is the physical floor for one point per pass);
-- options: points per pass K (vmap), channels-last, bf16 autocast, batch size;
+- options: points per pass K (vmap), channels-last, torch.compile, bf16 autocast, batch size;
+- a preview row: the digits CNN on its first 64 images, where per-point costs other than the
+  arithmetic weigh most;
 - scaling: points/s with 2 MPI ranks over 1 rank (one torch thread per rank);
 - peak memory (max RSS of the process; on a GPU, max allocated).
 
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -35,10 +38,11 @@ from landscape.surface import compute_surface  # noqa: E402
 
 
 def case(name: str, n: int):
-    """(model, split): the digits models on the real digits, zoo models on CIFAR-shaped tensors."""
+    """(model, split): the digits models on the first n real digits, zoo models on n CIFAR-shaped tensors."""
     model = build_model(name).eval()
     if name.startswith("digits"):
         split = load_dataset("digits")["train"]
+        split = Split(split.inputs[:n], split.labels[:n])
     else:
         gen = torch.Generator().manual_seed(0)
         split = Split(torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen))
@@ -63,10 +67,12 @@ def bare_forward(model, split: Split, batch: int, device) -> float:
 
 def engine_point(model, split: Split, batch: int, side: int, device, **options) -> float:
     """Marginal wall time per point: (T(2·side × side grid) − T(side × side grid)) / (side² points),
-    so the one-off start-up (file creation, fingerprints, directions) is not counted."""
+    so the one-off start-up (file creation, fingerprints, directions) is not counted. A copy of the
+    model (options such as channels-last change it), warmed up once (torch.compile compiles then)."""
+    model = copy.deepcopy(model)
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for nx in (side, 2 * side):
+        for nx in (2, side, 2 * side):
             t0 = time.perf_counter()
             compute_surface(model, {"train": split}, x=f"-1:1:{nx}", y=f"-1:1:{side}", batch_size=batch,
                             surf_file=Path(tmp) / f"s{nx}.h5", device=device, **options)
@@ -148,7 +154,7 @@ def main():
         return worker(args.worker, args.n, args.side, args.batch)
     torch.set_num_threads(1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cases = [("digits_cnn", 1438, 1438, 6), ("digits_mlp", 1438, 1438, 6)]
+    cases = [("digits_cnn", 1438, 1438, 6), ("digits_cnn", 64, 64, 12), ("digits_mlp", 1438, 1438, 6)]
     if not args.quick:
         cases += [("resnet20", 256, 256, 3)]
     rows = []
@@ -156,7 +162,8 @@ def main():
         model, split = case(name, n)
         row = {"model": name, "n": len(split), "batch": batch}
         variants = {"plain": {}, "K=4": {"points_per_pass": 4}, "K=16": {"points_per_pass": 16},
-                    "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
+                    "channels_last": {"channels_last": True}, "compile": {"compile": True},
+                    "bf16": {"precision": "bf16"},
                     "batch/4": {"batch_size": max(1, batch // 4)}}
         if name.startswith("resnet"):
             variants.pop("K=16")

@@ -162,6 +162,24 @@ def rank() -> int:
     return MPI.COMM_WORLD.rank
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """GPU (torch.OutOfMemoryError) or host (MemoryError, torch's CPU allocator) memory exhausted."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def fail_every_rank(message: str) -> int:
+    """Print one error line; under MPI stop the other ranks too (they would wait for this one)."""
+    print(f"landscape: error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+    if "mpi4py.MPI" in sys.modules:
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.size > 1:
+            MPI.COMM_WORLD.Abort(EXIT_USER_ERROR)
+    return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user mistake prints one line and exits 2; under MPI an unexpected
     error on one rank aborts the whole job (no rank hangs), and the file stays resumable."""
@@ -183,16 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         reason = storage_problem(exc)
         if reason is None:
             raise
-        print(f"landscape: error: cannot write ({reason}): free space or fix the permissions, then rerun the same "
-              "command: every point written so far is kept", file=sys.stderr)
-        sys.stderr.flush()
-        if "mpi4py.MPI" in sys.modules:
-            from mpi4py import MPI
-
-            if MPI.COMM_WORLD.size > 1:
-                MPI.COMM_WORLD.Abort(EXIT_USER_ERROR)  # the other ranks would wait for this one
-        return EXIT_USER_ERROR
-    except BaseException:
+        return fail_every_rank(f"cannot write ({reason}): free space or fix the permissions, then rerun the same "
+                               "command: every point written so far is kept")
+    except BaseException as exc:
+        if out_of_memory(exc):
+            return fail_every_rank("out of memory: lower --batch_size or --points_per_pass, or run fewer ranks per "
+                                   "GPU, then rerun the same command: every point written so far is kept")
         if "mpi4py.MPI" in sys.modules:
             from mpi4py import MPI
 

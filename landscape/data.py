@@ -45,12 +45,39 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.inputs, self.labels))
+
     def to(self, device, memory_format=torch.contiguous_format) -> "Split":
         """On `device`; 4-D inputs in `memory_format` (channels_last for faster convolutions)."""
         inputs = self.inputs.to(device)
         if inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=memory_format)
         return Split(inputs, self.labels.to(device))
+
+    def place(self, device, memory_format=torch.contiguous_format, resident: bool | None = None) -> "Split":
+        """Held whole on `device` when `resident` (None: when it fits in half the free memory of
+        a GPU; always on a CPU); else kept on the host, pinned for a GPU, and copied batch by
+        batch (see `batches`)."""
+        device = torch.device(device)
+        if resident is None:
+            resident = device.type != "cuda" or self.nbytes <= torch.cuda.mem_get_info(device)[0] // 2
+        if resident:
+            return self.to(device, memory_format)
+        host = self.to("cpu", memory_format)
+        if device.type == "cuda":
+            host = Split(host.inputs.pin_memory(), host.labels.pin_memory())
+        return host
+
+    def batches(self, size: int, device=None):
+        """(inputs, labels) of `size` examples at a time, on `device`: slices when the split is
+        held there, asynchronous copies from pinned host memory when not."""
+        for i in range(0, len(self), size):
+            xb, yb = self.inputs[i : i + size], self.labels[i : i + size]
+            if device is not None and xb.device != device:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            yield xb, yb
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

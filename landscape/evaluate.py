@@ -2,8 +2,10 @@
 
 The point is written in place into the model's own tensors: copy θ* back, then
 add α·δ and β·η with fused multi-tensor ops, so nothing is allocated per point
-and no error accumulates from point to point. Data stay on the device; sums
-are accumulated on the device in float64 and read back once per point.
+and no error accumulates from point to point. Data stay on the device (or, when
+they do not fit in half a GPU's free memory, in pinned host memory, copied batch
+by batch); sums are accumulated on the device in float64 and read back once per
+point.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class SurfaceEvaluator:
         compile: bool = False,
         channels_last: bool = False,
         bn_calibration: Split | None = None,
+        resident: bool | None = None,
     ):
         if loss_name not in LOSSES and ":" not in loss_name:
             raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSSES)}")
@@ -72,6 +75,7 @@ class SurfaceEvaluator:
             self.model.to(memory_format=torch.channels_last)
         # autocast for the forward pass; losses and sums stay in float32/float64
         self.amp_dtype = PRECISIONS[precision]
+        self.compile = compile
         self.forward = torch.compile(self.model) if compile else self.model
         named = target_tensors(self.model, dir_type)
         self.names = list(named)
@@ -80,7 +84,9 @@ class SurfaceEvaluator:
         self.directions = [[torch.empty_like(t).copy_(d[n]) for n, t in zip(self.names, self.targets)] for d in directions]
         # a perturbed running variance must stay >= 0
         self.variance_index = [i for i, n in enumerate(self.names) if n.endswith("running_var")]
-        self.splits = {name: split.to(self.device, self.memory_format) for name, split in splits.items()}
+        # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
+        self.resident = resident
+        self.splits = {name: split.place(self.device, self.memory_format, resident) for name, split in splits.items()}
         self.loss_name = loss_name
         self.batch_size = int(batch_size)
         self.metrics = [f"{s}/{m}" for s in self.splits for m in ("loss", "acc")]
@@ -113,7 +119,7 @@ class SurfaceEvaluator:
         self.restore()
         with torch.no_grad():
             for name, split in self.splits.items():
-                xb = split.inputs[: self.batch_size]
+                xb, _ = next(split.batches(self.batch_size, self.device))
                 with self.autocast():
                     a, b = self.forward(xb).float(), self.forward(xb).float()
                 if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
@@ -140,7 +146,7 @@ class SurfaceEvaluator:
             raise UserError("--bn_recompute works one point per pass: leave out --points_per_pass")
         self.bn_buffers = [b for m in self.bn_layers for b in (m.running_mean, m.running_var)]
         self.bn_origin = [b.clone() for b in self.bn_buffers]
-        self.calibration = split.to(self.device, self.memory_format)
+        self.calibration = split.place(self.device, self.memory_format, self.resident)
 
     @torch.no_grad()
     def recalibrate(self) -> None:
@@ -149,9 +155,9 @@ class SurfaceEvaluator:
             m.momentum, m.saved_momentum = None, m.momentum  # None: cumulative average over batches
             m.train()
         try:
-            for i in range(0, len(self.calibration), self.batch_size):
+            for xb, _ in self.calibration.batches(self.batch_size, self.device):
                 with self.autocast():
-                    self.forward(self.calibration.inputs[i : i + self.batch_size])
+                    self.forward(xb)
         finally:
             for m in self.bn_layers:
                 m.momentum = m.saved_momentum
@@ -164,8 +170,7 @@ class SurfaceEvaluator:
         for split in self.splits.values():
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            for i in range(0, len(split), self.batch_size):
-                xb, yb = split.inputs[i : i + self.batch_size], split.labels[i : i + self.batch_size]
+            for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
                     logits = self.forward(xb).float()
                 loss += summed_loss(self.loss_name, logits, yb).double()
@@ -194,19 +199,26 @@ class SurfaceEvaluator:
             self.stack = None
 
     def fastest_points_per_pass(self, candidates=(1, 4, 16)) -> int:
-        """Time each K on K points near θ* (best of 2) and return the K with the least time per point."""
+        """Time each K on K points near θ* (best of 2) and return the K with the least time per point
+        (the memory budget: a K whose stack or activations run out of GPU memory ends the search)."""
         import time
 
         best, best_time = 1, float("inf")
         for k in candidates:
-            self.set_points_per_pass(k)
             coords = np.linspace(0, 0.01, 2 * k).reshape(k, 2)[:, : len(self.directions)]
-            self(coords[:1])  # warm-up
             seconds = []
-            for _ in range(2):
-                t0 = time.perf_counter()
-                self(coords)
-                seconds.append((time.perf_counter() - t0) / k)
+            try:
+                self.set_points_per_pass(k)
+                self(coords[:1])  # warm-up
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    self(coords)
+                    seconds.append((time.perf_counter() - t0) / k)
+            except torch.OutOfMemoryError:  # k parameter sets and their activations do not fit: stop here
+                self.stack = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                break
             if min(seconds) < best_time:
                 best, best_time = k, min(seconds)
         self.restore()
@@ -226,6 +238,8 @@ class SurfaceEvaluator:
             return functional_call(self.model, {**dict(zip(self.names, tensors)), **fixed}, (inputs,))
 
         self.batched_forward = vmap(forward, in_dims=(0, None))
+        if self.compile:
+            self.batched_forward = torch.compile(self.batched_forward)
 
     @torch.no_grad()
     def evaluate_stack(self, coords: np.ndarray) -> torch.Tensor:
@@ -238,8 +252,7 @@ class SurfaceEvaluator:
         for split in self.splits.values():
             loss = torch.zeros(k, dtype=torch.float64, device=self.device)
             correct = torch.zeros(k, dtype=torch.int64, device=self.device)
-            for i in range(0, len(split), self.batch_size):
-                xb, yb = split.inputs[i : i + self.batch_size], split.labels[i : i + self.batch_size]
+            for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
                     logits = self.batched_forward(tensors, xb).float()  # (k, batch, classes)
                 loss += torch.stack([summed_loss(self.loss_name, logits[j], yb) for j in range(k)]).double()

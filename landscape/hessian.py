@@ -250,7 +250,7 @@ class HessianEvaluator:
                  loss_name: str = "crossentropy", batch_size: int = 512, device="cpu", tol: float = 1e-3,
                  max_iter: int = 100, memory: int | None = None):
         self.point = SurfaceEvaluator(model, {"train": split}, directions, dir_type=dir_type, loss_name=loss_name,
-                                      batch_size=batch_size, device=device)
+                                      batch_size=batch_size, device=device, resident=True)
         data = self.point.splits["train"]
         self.hvp = HessianVectorProduct(self.point.model, data.inputs, data.labels,
                                         lambda z, y: summed_loss(loss_name, z, y), batch_size=batch_size, memory=memory)

@@ -92,3 +92,21 @@ def broken_on_rank_one():
 
     ok = os.environ.get("OMPI_COMM_WORLD_RANK") != "1"
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)) if ok else None
+
+
+class HungryFarOut(torch.nn.Module):
+    """Asks for 40 TB once its weights are far from where they started (out of memory mid-run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.start = self.fc.weight.detach().clone()
+
+    def forward(self, x):
+        if (self.fc.weight - self.start).norm() > 0.6 * self.start.norm():
+            torch.empty(10**13)
+        return self.fc(x.flatten(1))
+
+
+def hungry_far_out():
+    return HungryFarOut()

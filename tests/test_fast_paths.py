@@ -25,6 +25,9 @@ def evaluate(model_name="digits_cnn", dir_type="weights", **options):
     ({"points_per_pass": 2}, 1e-5),
     ({"points_per_pass": 16}, 1e-5),
     ({"channels_last": True}, 1e-5),
+    ({"resident": False}, 1e-12),  # data kept on the host, copied per batch
+    ({"compile": True}, 1e-5),
+    ({"compile": True, "points_per_pass": 4}, 1e-5),
     ({"precision": "bf16"}, 5e-2),  # bf16 keeps 8 bits of mantissa in the forward pass
 ])
 @pytest.mark.parametrize("dir_type", ["weights", "states"])

@@ -119,3 +119,15 @@ def test_a_mistake_on_one_rank_stops_every_rank(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("landscape: error:")]
     assert len(errors) == 1 and "not a torch.nn.Module" in errors[0]
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_out_of_memory_mid_run_is_one_line_and_keeps_the_points(tmp_path):
+    out = tmp_path / "s.h5"
+    proc = run_surface(["--model", "custom_factory:hungry_far_out", "--x=0:1:5", "--threads", "1",
+                        "--surf_file", str(out)], check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("landscape: error: out of memory: lower --batch_size")
+    assert "Traceback" not in proc.stderr
+    with h5py.File(out) as f:  # points up to the failing one are kept, and only those
+        mask, loss = f["mask"][...].astype(bool), f["train/loss"][...]
+    assert mask.any() and not mask[3:].any() and np.isfinite(loss[mask]).all()
