@@ -39,6 +39,13 @@ def test_option_matches_plain_path(options, rtol, dir_type):
     assert np.abs(fast[:, 1::2] - plain[:, 1::2]).max() <= (100 / 359 * 3 if "precision" in options else 1e-9)
 
 
+@pytest.mark.parametrize("loss_name", ["mse", "custom_factory:summed_hinge"])
+def test_points_per_pass_with_other_losses(loss_name):
+    plain = evaluate(model_name="digits_mlp", loss_name=loss_name)
+    np.testing.assert_allclose(evaluate(model_name="digits_mlp", loss_name=loss_name, points_per_pass=4), plain,
+                               rtol=1e-5)
+
+
 def test_in_place_updates_do_not_drift():
     """Going back and forth over many points leaves the centre value bit-identical."""
     model = build_model("digits_mlp")
