@@ -1,9 +1,10 @@
 """Speed of the surface engine, all figures taken in one run (the machine is shared and noisy):
 
-- floor: one bare forward pass of the model over the evaluation data (no loss, no perturbation);
-- point: the engine's marginal wall time per grid point (compute_surface, file writes included,
-  one-off start-up excluded by timing two grid sizes);
-- ratio = point / floor (1.0 is the physical floor for one point per pass);
+- floor: one bare forward pass of the plain fp32 model over the evaluation data (no loss, no
+  perturbation), timed right before every evaluator call of the engine run (see PairedFloor);
+- point: the wall time of that call plus the engine's own time since the previous call (chunk
+  hand-out, HDF5 writes), per point: a real engine.run on 1 rank;
+- ratio = point / floor, the median over the calls (1.0 is the physical floor for one point per pass);
 - options: points per pass K (vmap), channels-last, torch.compile, bf16 autocast, batch size;
 - a preview row: the digits CNN on its first 64 images, where per-point costs other than the
   arithmetic weigh most;
@@ -65,19 +66,62 @@ def bare_forward(model, split: Split, batch: int, device) -> float:
     return time.perf_counter() - t0
 
 
-def engine_point(model, split: Split, batch: int, side: int, device, **options) -> float:
-    """Marginal wall time per point: (T(2·side × side grid) − T(side × side grid)) / (side² points),
-    so the one-off start-up (file creation, fingerprints, directions) is not counted. A copy of the
-    model (options such as channels-last change it), warmed up once (torch.compile compiles then)."""
-    model = copy.deepcopy(model)
-    times = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for nx in (2, side, 2 * side):
+class PairedFloor:
+    """Wraps an evaluator: next to each call, one bare forward pass of the unperturbed fp32 model
+    over the same data (the floor) is timed, so each point's cost is compared with a floor taken
+    within ~0.1 s of it; the machine's changing speed (shared, noisy) cancels out."""
+
+    def __init__(self, evaluator, model, split: Split, batch: int, device):
+        self.evaluator, self.metrics = evaluator, evaluator.metrics
+        self.points_per_call = evaluator.points_per_call
+        self.model, self.batch, self.device = copy.deepcopy(model).to(device).eval(), batch, device
+        self.inputs = split.inputs.to(device)
+        self.records, self.last_end, self.floors_since = [], None, 0.0  # records: (floor, call, engine s, points)
+
+    def floor(self) -> float:
+        with torch.no_grad():
             t0 = time.perf_counter()
-            compute_surface(model, {"train": split}, x=f"-1:1:{nx}", y=f"-1:1:{side}", batch_size=batch,
-                            surf_file=Path(tmp) / f"s{nx}.h5", device=device, **options)
-            times[nx] = time.perf_counter() - t0
-    return (times[2 * side] - times[side]) / side**2
+            for i in range(0, len(self.inputs), self.batch):
+                self.model(self.inputs[i : i + self.batch])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+    def __call__(self, coords):
+        """The floor before the call on even calls, after it on odd ones (cache warmth cancels out);
+        the engine's time is the gap between calls less the floors timed in it."""
+        start = time.perf_counter()
+        engine_s = start - self.last_end - self.floors_since if self.last_end is not None else float("nan")
+        floor_first = len(self.records) % 2 == 0
+        floor = self.floor() if floor_first else 0.0
+        t0 = time.perf_counter()
+        values = self.evaluator(coords)  # returns numpy: the device is synchronized
+        self.last_end = time.perf_counter()
+        call = self.last_end - t0
+        self.floors_since = 0.0 if floor_first else self.floor()
+        self.records.append((floor or self.floors_since, call, engine_s, len(coords)))
+        return values
+
+
+def engine_point(model, split: Split, batch: int, points: int, device, floor_batch: int | None = None,
+                 **options) -> tuple[float, list[float]]:
+    """Median over the evaluator calls of a real engine run (engine.run on 1 rank, HDF5 writes
+    included) of (call + engine time since the previous call) / (points in the call × the floor
+    timed next to it), and those floors. The first two calls (warm-up, torch.compile's compilation) are left out."""
+    from landscape import engine, store
+    from landscape.directions import random_directions
+    from landscape.evaluate import SurfaceEvaluator
+    from landscape.grid import Grid
+
+    evaluator = SurfaceEvaluator(copy.deepcopy(model), {"train": split}, random_directions(model, seed=0),
+                                 batch_size=batch, device=device, **options)
+    paired = PairedFloor(evaluator, model, split, floor_batch or batch, device)
+    grid = Grid(np.linspace(-1, 1, points))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.h5"
+        engine.run(paired, grid, path, store.prepare(path, grid, evaluator.metrics, {}), progress=False)
+    kept = paired.records[2:]
+    return float(np.median([(call + engine_s) / (k * floor) for floor, call, engine_s, k in kept])), [r[0] for r in kept]
 
 
 class NullEvaluator:
@@ -148,17 +192,25 @@ def main():
     p.add_argument("--side", type=int, default=5)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="digits models only")
-    p.add_argument("--repeat", type=int, default=3, help="interleaved repeats per variant (median kept)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per variant (median kept)")
+    p.add_argument("--cases", help="only these rows, e.g. digits_cnn:1438,digits_cnn:64 (model:images)")
+    p.add_argument("--variants", help="only these columns, e.g. plain,K=4,K=16")
+    p.add_argument("--no-scaling", action="store_true", help="leave out the 1 vs 2 ranks runs")
+    p.add_argument("--scaling_repeat", type=int, default=3, help="alternated 1- and 2-rank runs (median kept)")
+    p.add_argument("--output", default=str(ROOT / "bench" / "results" / "speed.json"))
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, args.n, args.side, args.batch)
     torch.set_num_threads(1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cases = [("digits_cnn", 1438, 1438, 6), ("digits_cnn", 64, 64, 12), ("digits_mlp", 1438, 1438, 6)]
+    # (model, images, batch, points per variant at least); variants with K points per pass get 6K
+    cases = [("digits_cnn", 1438, 1438, 24), ("digits_cnn", 64, 64, 48), ("digits_mlp", 1438, 1438, 48)]
     if not args.quick:
-        cases += [("resnet20", 256, 256, 3)]
+        cases += [("resnet20", 256, 256, 8)]
+    if args.cases:
+        cases = [c for c in cases if f"{c[0]}:{c[1]}" in args.cases.split(",")]
     rows = []
-    for name, n, batch, side in cases:
+    for name, n, batch, points in cases:
         model, split = case(name, n)
         row = {"model": name, "n": len(split), "batch": batch}
         variants = {"plain": {}, "K=4": {"points_per_pass": 4}, "K=16": {"points_per_pass": 16},
@@ -167,26 +219,25 @@ def main():
                     "batch/4": {"batch_size": max(1, batch // 4)}}
         if name.startswith("resnet"):
             variants.pop("K=16")
+        if args.variants:
+            variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         floors = []
         for label, options in variants.items():
-            # floor right before and after each engine measurement, repeated; the median of the
-            # ratios is kept, so the machine's changing speed (shared, noisy) cancels out
             options = {"batch_size": batch, **options}
             size = options.pop("batch_size")
+            count = max(points, 6 * options.get("points_per_pass", 1))
             ratios = []
             for _ in range(args.repeat):
-                before = min(bare_forward(model, split, batch, device) for _ in range(2))
-                point = engine_point(model, split, size, side, device, **options)
-                after = min(bare_forward(model, split, batch, device) for _ in range(2))
-                floors += [before, after]
-                ratios.append(point / (0.5 * (before + after)))
+                ratio, floor = engine_point(model, split, size, count, device, floor_batch=batch, **options)
+                ratios.append(ratio)
+                floors += floor
             row[label] = float(np.median(ratios))
         row["forward_s"] = float(np.median(floors))
-        row["floor_spread"] = max(floors) / min(floors)  # how much the machine's speed moved during the row
+        row["floor_spread"] = float(np.percentile(floors, 90) / np.percentile(floors, 10))  # the machine's drift
         rows.append(row)
-    scale = [scaling("digits_cnn", 1438, 9, 1438, args.repeat)]
-    if not args.quick:
-        scale.append(scaling("resnet20", 128, 5, 128, args.repeat))
+    scale = [] if args.no_scaling else [scaling("digits_cnn", 1438, 9, 1438, args.scaling_repeat)]
+    if not (args.quick or args.no_scaling):
+        scale.append(scaling("resnet20", 128, 5, 128, args.scaling_repeat))
     overhead = {"1_rank_ms": 1e3 * engine_overhead()}
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl_vader_single_copy_mechanism="none")
@@ -210,7 +261,7 @@ def main():
           f"{overhead['2_ranks_ms']:.2f} ms with 2 ranks; 1 + that / forward: "
           + ", ".join(f"{r['model']} {r['overhead_ratio']:.3f}" for r in rows))
     print(f"peak memory {peak / 2**20:.0f} MiB")
-    out = ROOT / "bench" / "results" / "speed.json"
+    out = Path(args.output)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "machine": platform.machine(), "cpus": os.cpu_count(),
                                "torch": torch.__version__, "rows": rows, "scaling": scale,
