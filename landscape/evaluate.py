@@ -112,16 +112,18 @@ class SurfaceEvaluator:
     @torch.no_grad()
     def set_point(self, coord) -> None:
         """θ <- θ* + Σ_i coord_i · d_i, in place."""
-        self._write_point(self.targets, coord)
+        self._write_point(self.targets, coord, range(len(self.targets)))
 
-    def _write_point(self, tensors: list[torch.Tensor], coord) -> None:
-        """tensors <- θ* + Σ_i coord_i · d_i (running variances clamped at 0), in place."""
-        torch._foreach_copy_(tensors, self.origin)
+    def _write_point(self, tensors: list[torch.Tensor], coord, index) -> None:
+        """tensors <- θ* + Σ_i coord_i · d_i for the targets numbered `index` (running variances
+        clamped at 0), in place."""
+        torch._foreach_copy_(tensors, [self.origin[i] for i in index])
         for d, a in zip(self.directions, coord):
             if a != 0.0:
-                torch._foreach_add_(tensors, d, alpha=float(a))
-        for i in self.variance_index:
-            tensors[i].clamp_(min=0.0)
+                torch._foreach_add_(tensors, [d[i] for i in index], alpha=float(a))
+        for t, i in zip(tensors, index):
+            if i in self.variance_index:
+                t.clamp_(min=0.0)
 
     def check_deterministic(self) -> None:
         """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
@@ -237,16 +239,21 @@ class SurfaceEvaluator:
         return best
 
     def _prepare_stack(self, k: int) -> None:
-        """Room for k parameter sets of the perturbed tensors, allocated once."""
+        """Room for k parameter sets of the tensors that vary from point to point, allocated once.
+        Targets whose direction is zero in every direction (biases and BN with the default
+        --xignore biasbn) are passed unstacked, at θ*: no K copies of them to hold and write."""
         from torch.func import functional_call, vmap
 
-        self.stack = [torch.empty((k, *t.shape), dtype=t.dtype, device=self.device) for t in self.targets]
-        perturbed = set(self.names)
-        fixed = {n: t for n, t in {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}.items()
-                 if n not in perturbed}
+        self.stacked = [i for i in range(len(self.targets)) if any(bool(d[i].any()) for d in self.directions)] or [0]
+        self.stack = [torch.empty((k, *self.targets[i].shape), dtype=self.targets[i].dtype, device=self.device)
+                      for i in self.stacked]
+        names = [self.names[i] for i in self.stacked]
+        fixed = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers()),
+                 **{n: t for n, t in zip(self.names, self.origin)}}
+        fixed = {n: t for n, t in fixed.items() if n not in names}
 
         def forward(tensors, inputs):
-            return functional_call(self.model, {**dict(zip(self.names, tensors)), **fixed}, (inputs,))
+            return functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,))
 
         self.batched_forward = vmap(forward, in_dims=(0, None))
         if self.compile:
@@ -257,7 +264,7 @@ class SurfaceEvaluator:
         """(k, n_metrics) for k <= points_per_pass coordinates, one forward pass per batch."""
         k = len(coords)
         for j, coord in enumerate(coords):
-            self._write_point([s[j] for s in self.stack], coord)
+            self._write_point([s[j] for s in self.stack], coord, self.stacked)
         tensors = [s[:k] for s in self.stack]
         columns = []
         for split in self.splits.values():

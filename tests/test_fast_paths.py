@@ -39,6 +39,20 @@ def test_option_matches_plain_path(options, rtol, dir_type):
     assert np.abs(fast[:, 1::2] - plain[:, 1::2]).max() <= (100 / 359 * 3 if "precision" in options else 1e-9)
 
 
+@pytest.mark.parametrize("dir_type", ["weights", "states"])
+def test_points_per_pass_with_biases_and_bn_left_out(dir_type):
+    """With --xignore biasbn the 1-D tensors do not vary: passed unstacked. The evaluator switches
+    from one point per pass to 4, as fastest_points_per_pass does, points in another order."""
+    torch.manual_seed(0)
+    model = build_model("digits_cnn")
+    directions = random_directions(model, seed=3, dir_type=dir_type, ignores=("biasbn", "biasbn"))
+    ev = SurfaceEvaluator(model, load_dataset("digits"), directions, dir_type=dir_type, batch_size=256)
+    plain = ev(COORDS)
+    ev.set_points_per_pass(4)
+    np.testing.assert_allclose(ev(COORDS[::-1])[::-1], plain, rtol=1e-5)
+    assert len(ev.stack) < len(ev.targets)  # biases and BN tensors left out of the stack
+
+
 @pytest.mark.parametrize("loss_name", ["mse", "custom_factory:summed_hinge"])
 def test_points_per_pass_with_other_losses(loss_name):
     plain = evaluate(model_name="digits_mlp", loss_name=loss_name)
