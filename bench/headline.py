@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed import bare_forward, case  # noqa: E402
+from speed import bare_forward, case, sync  # noqa: E402
 
 from landscape.surface import compute_surface  # noqa: E402
 
@@ -36,11 +36,6 @@ VARIANTS = {
     "bf16 channels-last": {"precision": "bf16", "channels_last": True},
     "bf16 channels-last compile": {"precision": "bf16", "channels_last": True, "compile": True},
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_per_point(model, split, batch, points, device, **options) -> float:

@@ -1,7 +1,7 @@
 """Speed of the surface engine, all figures taken in one run (the machine is shared and noisy):
 
 - floor: one bare forward pass of the plain fp32 model over the evaluation data (no loss, no
-  perturbation), timed right before every evaluator call of the engine run (see PairedFloor);
+  perturbation), timed next to every evaluator call of the engine run (see PairedFloor);
 - point: the wall time of that call plus the engine's own time since the previous call (chunk
   hand-out, HDF5 writes), per point: a real engine.run on 1 rank;
 - ratio = point / floor, the median over the calls (1.0 is the physical floor for one point per pass);
@@ -50,20 +50,27 @@ def case(name: str, n: int):
     return model, split
 
 
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_forward(model, inputs: torch.Tensor, batch: int, device) -> float:
+    """Seconds of one pass of `model` over `inputs` (on `device` already), batch by batch."""
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for i in range(0, len(inputs), batch):
+            model(inputs[i : i + batch])
+        sync(device)
+        return time.perf_counter() - t0
+
+
 def bare_forward(model, split: Split, batch: int, device) -> float:
+    """The floor after one warm-up pass."""
     model = model.to(device)
     x = split.inputs.to(device)
-    with torch.no_grad():
-        for i in range(0, len(split), batch):
-            model(x[i : i + batch])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(0, len(split), batch):
-            model(x[i : i + batch])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    timed_forward(model, x, batch, device)
+    return timed_forward(model, x, batch, device)
 
 
 class PairedFloor:
@@ -79,13 +86,7 @@ class PairedFloor:
         self.records, self.last_end, self.floors_since = [], None, 0.0  # records: (floor, call, engine s, points)
 
     def floor(self) -> float:
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            for i in range(0, len(self.inputs), self.batch):
-                self.model(self.inputs[i : i + self.batch])
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - t0
+        return timed_forward(self.model, self.inputs, self.batch, self.device)
 
     def __call__(self, coords):
         """The floor before the call on even calls, after it on odd ones (cache warmth cancels out);
@@ -99,7 +100,7 @@ class PairedFloor:
         self.last_end = time.perf_counter()
         call = self.last_end - t0
         self.floors_since = 0.0 if floor_first else self.floor()
-        self.records.append((floor or self.floors_since, call, engine_s, len(coords)))
+        self.records.append((floor if floor_first else self.floors_since, call, engine_s, len(coords)))
         return values
 
 

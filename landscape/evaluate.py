@@ -93,8 +93,7 @@ class SurfaceEvaluator:
         self.targets = [t.data if isinstance(t, nn.Parameter) else t for t in named.values()]
         self.origin = [t.detach().clone() for t in self.targets]  # clone keeps each tensor's memory format
         self.directions = [[torch.empty_like(t).copy_(d[n]) for n, t in zip(self.names, self.targets)] for d in directions]
-        # a perturbed running variance must stay >= 0
-        self.variance_index = [i for i, n in enumerate(self.names) if n.endswith("running_var")]
+        self.whole = self._part(range(len(self.targets)))
         # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
         self.resident = resident
         self.splits = {name: split.place(self.device, self.memory_format, resident) for name, split in splits.items()}
@@ -112,18 +111,26 @@ class SurfaceEvaluator:
     @torch.no_grad()
     def set_point(self, coord) -> None:
         """θ <- θ* + Σ_i coord_i · d_i, in place."""
-        self._write_point(self.targets, coord, range(len(self.targets)))
+        self._write_point(self.targets, coord, self.whole)
 
-    def _write_point(self, tensors: list[torch.Tensor], coord, index) -> None:
-        """tensors <- θ* + Σ_i coord_i · d_i for the targets numbered `index` (running variances
-        clamped at 0), in place."""
-        torch._foreach_copy_(tensors, [self.origin[i] for i in index])
-        for d, a in zip(self.directions, coord):
+    def _part(self, index) -> tuple[list, list, list]:
+        """θ*, the directions and the positions of running variances (a perturbed one must stay
+        >= 0) of the targets numbered `index`, gathered once for _write_point."""
+        index = list(index)
+        return ([self.origin[i] for i in index], [[d[i] for i in index] for d in self.directions],
+                [p for p, i in enumerate(index) if self.names[i].endswith("running_var")])
+
+    @staticmethod
+    def _write_point(tensors: list[torch.Tensor], coord, part) -> None:
+        """tensors <- θ* + Σ_i coord_i · d_i (running variances clamped at 0), in place; `part`
+        from _part for the same targets."""
+        origin, directions, variances = part
+        torch._foreach_copy_(tensors, origin)
+        for d, a in zip(directions, coord):
             if a != 0.0:
-                torch._foreach_add_(tensors, [d[i] for i in index], alpha=float(a))
-        for t, i in zip(tensors, index):
-            if i in self.variance_index:
-                t.clamp_(min=0.0)
+                torch._foreach_add_(tensors, d, alpha=float(a))
+        for p in variances:
+            tensors[p].clamp_(min=0.0)
 
     def check_deterministic(self) -> None:
         """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
@@ -244,10 +251,11 @@ class SurfaceEvaluator:
         --xignore biasbn) are passed unstacked, at θ*: no K copies of them to hold and write."""
         from torch.func import functional_call, vmap
 
-        self.stacked = [i for i in range(len(self.targets)) if any(bool(d[i].any()) for d in self.directions)] or [0]
+        stacked = [i for i in range(len(self.targets)) if any(bool(d[i].any()) for d in self.directions)] or [0]
         self.stack = [torch.empty((k, *self.targets[i].shape), dtype=self.targets[i].dtype, device=self.device)
-                      for i in self.stacked]
-        names = [self.names[i] for i in self.stacked]
+                      for i in stacked]
+        self.stacked_part = self._part(stacked)
+        names = [self.names[i] for i in stacked]
         fixed = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers()),
                  **{n: t for n, t in zip(self.names, self.origin)}}
         fixed = {n: t for n, t in fixed.items() if n not in names}
@@ -264,7 +272,7 @@ class SurfaceEvaluator:
         """(k, n_metrics) for k <= points_per_pass coordinates, one forward pass per batch."""
         k = len(coords)
         for j, coord in enumerate(coords):
-            self._write_point([s[j] for s in self.stack], coord, self.stacked)
+            self._write_point([s[j] for s in self.stack], coord, self.stacked_part)
         tensors = [s[:k] for s in self.stack]
         columns = []
         for split in self.splits.values():
