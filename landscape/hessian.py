@@ -332,7 +332,7 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
     import yaml
 
     from .config import build_job
-    from .surface import load_inputs, on_root
+    from .surface import load_inputs, locked_run, on_root
 
     comm = comm or engine.world()
     path = Path(surf_file)
@@ -388,25 +388,18 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
     evaluator = HessianEvaluator(model, data, directions, dir_type=job.dir_type, loss_name=job.loss_name,
                                  batch_size=batch_size, device=dev, tol=tol, max_iter=max_iter,
                                  memory=memory_budget(dev, ranks_per_device(comm, dev)))
-    lock = store.FileLock(path)
-
     def prepare():
-        lock.acquire()
-        try:
-            return store.prepare_group(path, GROUP, grid, METRICS, settings, mask=MASK, force=force,
-                                       attrs={"versions": f"landscape {__version__}, torch {torch.__version__}"})
-        except UserError:
-            lock.release()
-            raise
+        return store.prepare_group(path, GROUP, grid, METRICS, settings, mask=MASK, force=force,
+                                   attrs={"versions": f"landscape {__version__}, torch {torch.__version__}"})
+
+    def run(done):
+        return engine.run(evaluator, grid, path, done, comm=comm, mask=MASK, chunk=chunk, progress=progress,
+                          label="hessian")
 
     try:
-        done = on_root(comm, prepare)
-        summary = engine.run(evaluator, grid, path, done, comm=comm, mask=MASK, chunk=chunk, progress=progress,
-                             label="hessian")
+        summary = locked_run(comm, path, prepare, run)
     finally:
         evaluator.restore()
-        if comm.rank == 0:
-            lock.release()
     if comm.rank == 0:
         print(f"[landscape] hessian: {summary.text()}", file=sys.stderr)
         if summary.complete:

@@ -53,6 +53,27 @@ def on_root(comm, fn):
     return result
 
 
+def locked_run(comm, path, prepare, run):
+    """Rank 0 locks `path` (store.FileLock) and returns `prepare()` (the lock released again if
+    that raises); every rank then returns `run(prepare's result)`; the lock is released at the
+    end whatever happens."""
+    lock = store.FileLock(path)
+
+    def lock_and_prepare():
+        lock.acquire()
+        try:
+            return prepare()
+        except UserError:
+            lock.release()
+            raise
+
+    try:
+        return run(on_root(comm, lock_and_prepare))
+    finally:
+        if comm.rank == 0:
+            lock.release()
+
+
 def on_all(comm, fn):
     """Run fn on every rank; if any rank raises a UserError, every rank raises the first one
     (so no rank goes on alone into the run and waits there for the others forever)."""
@@ -167,30 +188,23 @@ def compute_surface(
         "splits": list(splits), "loss_name": loss_name, "dir_type": dir_type, "directions": source,
         "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
     }
-    lock = store.FileLock(path)
-
     def prepare():
-        lock.acquire()
         job.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
                    data_fingerprint={k: s.fingerprint() for k, s in splits.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(seed), **(attrs or {})}
-        try:
-            return store.prepare(path, grid, evaluator.metrics, job, directions=directions, attrs=meta, extra=extra,
-                                 force=force)
-        except UserError:
-            lock.release()
-            raise
+        return store.prepare(path, grid, evaluator.metrics, job, directions=directions, attrs=meta, extra=extra,
+                             force=force)
+
+    def run(done):
+        return engine.run(evaluator, grid, path, done, comm=comm, chunk=chunk, progress=progress,
+                          parallel_write={"auto": None, "parallel": True, "gather": False}[write])
 
     try:
-        done = on_root(comm, prepare)
-        summary = engine.run(evaluator, grid, path, done, comm=comm, chunk=chunk, progress=progress,
-                             parallel_write={"auto": None, "parallel": True, "gather": False}[write])
+        summary = locked_run(comm, path, prepare, run)
     finally:
         evaluator.restore()
         model.train(was_training)
-        if comm.rank == 0:
-            lock.release()
     with store.open_surface(path) as f:
         values = {m: f[m][...] for m in evaluator.metrics}
         mask = f["mask"][...].astype(bool)
