@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from speed import bare_forward, case, sync  # noqa: E402
 
-from landscape.surface import compute_surface  # noqa: E402
+from landscape.api import compute_surface  # noqa: E402
 
 VARIANTS = {
     "fp32": {},

@@ -2,9 +2,9 @@
 
 1. Formulation: seconds per Hessian-vector product, in units of one bare forward pass over the
    same data: double backward with the per-batch gradient graphs kept between products (what
-   landscape.hessian does), double backward rebuilding them per product, and torch.func
+   landscape.analysis.hessian does), double backward rebuilding them per product, and torch.func
    forward-over-reverse jvp(grad). Interleaved, best of --repeat.
-2. Products per point for λmax and λmin at a tolerance: one Lanczos run (landscape.hessian.lanczos)
+2. Products per point for λmax and λmin at a tolerance: one Lanczos run (landscape.analysis.hessian.lanczos)
    vs the reference tool's two ARPACK solves (scipy eigsh(k=1, tol), then eigsh on H − 0.51·λ₁·I,
    exactly as its hess_vec_prod.py), same operator and start vector; errors against a float64
    Lanczos run at tol 1e-9 (atol 1e-12), in units of ‖H‖ = max |λ|.
@@ -24,11 +24,13 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch.func import functional_call, grad, jvp
 
-from landscape.data import load_dataset
-from landscape.directions import random_directions
-from landscape.evaluate import SurfaceEvaluator, summed_loss
-from landscape.hessian import HessianVectorProduct, lanczos, saved_bytes, start_vector, take_subset
-from landscape.models import build_model, load_checkpoint
+from landscape.analysis.hessian import HessianVectorProduct, lanczos, saved_bytes, start_vector
+from landscape.core.data import load_dataset
+from landscape.core.data import subset as take_subset
+from landscape.core.directions import random_directions
+from landscape.core.evaluate import SurfaceEvaluator
+from landscape.core.models import build_model, load_checkpoint
+from landscape.core.tasks import summed_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "out/demo/checkpoints/epoch_010.pt"
@@ -40,7 +42,7 @@ def ce(z, y):
 
 def demo_model():
     if not CKPT.is_file():
-        from landscape.train import train
+        from landscape.core.train import train
 
         train(model="digits_cnn", out_dir=str(CKPT.parent), epochs=10, seed=0)
     model = build_model("digits_cnn")

@@ -46,9 +46,9 @@ def worker(opts) -> None:
     import torch
     from mpi4py import MPI
 
-    from landscape.data import load_dataset
-    from landscape.models import build_model
-    from landscape.surface import compute_surface
+    from landscape.api import compute_surface
+    from landscape.core.data import load_dataset
+    from landscape.core.models import build_model
 
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
@@ -107,7 +107,7 @@ def main() -> None:
     if opts.worker:
         return worker(opts)
 
-    from landscape.grid import chunk_bounds
+    from landscape.core.grid import chunk_bounds
 
     with tempfile.TemporaryDirectory(prefix="lb-") as tmp:
         cases = {}

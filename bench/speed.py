@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from landscape.data import Split, load_dataset  # noqa: E402
-from landscape.models import build_model  # noqa: E402
-from landscape.surface import compute_surface  # noqa: E402
+from landscape.api import compute_surface  # noqa: E402
+from landscape.core.data import Split, load_dataset  # noqa: E402
+from landscape.core.models import build_model  # noqa: E402
 
 
 def case(name: str, n: int):
@@ -88,6 +88,9 @@ class PairedFloor:
     def floor(self) -> float:
         return timed_forward(self.model, self.inputs, self.batch, self.device)
 
+    def restore(self):
+        self.evaluator.restore()
+
     def __call__(self, coords):
         """The floor before the call on even calls, after it on odd ones (cache warmth cancels out);
         the engine's time is the gap between calls less the floors timed in it."""
@@ -109,10 +112,11 @@ def engine_point(model, split: Split, batch: int, points: int, device, floor_bat
     """Median over the evaluator calls of a real engine run (engine.run on 1 rank, HDF5 writes
     included) of (call + engine time since the previous call) / (points in the call × the floor
     timed next to it), and those floors. The first two calls (warm-up, torch.compile's compilation) are left out."""
-    from landscape import engine, store
-    from landscape.directions import random_directions
-    from landscape.evaluate import SurfaceEvaluator
-    from landscape.grid import Grid
+    from landscape import engine
+    from landscape.core.directions import random_directions
+    from landscape.core.evaluate import SurfaceEvaluator
+    from landscape.core.grid import Grid
+    from landscape.io import surface_file as store
 
     evaluator = SurfaceEvaluator(copy.deepcopy(model), {"train": split}, random_directions(model, seed=0),
                                  batch_size=batch, device=device, **options)
@@ -134,12 +138,16 @@ class NullEvaluator:
     def __call__(self, coords):
         return np.zeros((len(coords), len(self.metrics)))
 
+    def restore(self):
+        pass
+
 
 def engine_overhead(comm=None, side: int = 40) -> float:
     """Seconds per point and rank that the engine adds to the evaluation (chunk hand-out,
     HDF5 writes of 4 metrics and the mask, progress), measured with NullEvaluator."""
-    from landscape import engine, store
-    from landscape.grid import Grid
+    from landscape import engine
+    from landscape.core.grid import Grid
+    from landscape.io import surface_file as store
 
     comm = comm or engine.world()
     grid = Grid(np.linspace(-1, 1, side), np.linspace(-1, 1, side))

@@ -20,3 +20,7 @@ def storage_problem(exc: OSError) -> str | None:
         if exc.errno == code or words in text:
             return words
     return None
+
+
+class SharedUserError(UserError):
+    """A UserError that every rank of an MPI job raises alike: only rank 0 prints it."""

@@ -48,5 +48,9 @@ if ! "$VPY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2
         pip_install --no-build-isolation --no-binary=h5py --no-cache-dir h5py
 fi
 
+# xarray + h5netcdf (the files read as xarray datasets, tested) and ruff (the linter the tests run);
+# after h5py, so that h5netcdf finds the MPI build already there and pip leaves it alone
+"$VPY" -c "import xarray, h5netcdf" 2>/dev/null && [ -x .venv/bin/ruff ] || pip_install xarray h5netcdf ruff
+
 pip_install --no-deps --no-build-isolation -e . >/dev/null
 log "ready: $("$VPY" -c 'import torch, h5py, mpi4py; print(f"torch {torch.__version__}, h5py {h5py.__version__} (mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}")')"

@@ -43,7 +43,7 @@ def run_surface(args: list[str], ranks: int = 0, timeout: float = 300, check: bo
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory) -> Path:
     """A digits_cnn trained for 3 epochs (real checkpoint files, one per epoch)."""
-    from landscape.train import train
+    from landscape.core.train import train
 
     out = tmp_path_factory.mktemp("ckpt")
     return train(model="digits_cnn", out_dir=str(out), epochs=3, seed=0)

@@ -1,0 +1,276 @@
+"""Hessian eigenvalue maps: λmax, λmin (and |λmin/λmax|) of the loss at θ* + αδ + βη.
+
+- `HessianVectorProduct`: v ↦ H v, H = ∇²_θ L(θ), L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i) over a data
+  subset, θ = every trainable parameter of the model as it is now. Double backward: per batch b,
+  g_b = ∇_θ Σ_{i∈b} ℓ_i is built with create_graph=True, then H v = (1/n) Σ_b ∂(g_b·v)/∂θ (one
+  more backward with grad_outputs=v), summed over batches in float64. The graphs g_b are kept
+  between products for as many batches as fit the memory budget (bench/README.md, digits_cnn on
+  the CPU: 5.0 forward passes per product kept, 7.1–8.5 rebuilt, 6.4–10 with torch.func jvp(grad)).
+- `lanczos`: λmax and λmin in ONE Lanczos run, full reorthogonalization, float64.
+- `HessianEvaluator`: the per-point evaluator that engine.run maps over the surface's grid
+  (the job itself, model, data and directions rebuilt from the file, is `landscape.api.hessian_map`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.data import Split
+from ..core.grid import Grid
+from ..core.tasks import Classification
+from ..core.theta import ThetaWriter
+from ..errors import UserError
+from ..io.surface_file import HESSIAN_METRICS
+
+START_SEED = 0  # the Lanczos start vector: N(0, I) drawn with this seed, the same at every point
+ATOL = 1e-5  # residual floor in units of max(|λmax|, |λmin|): λ ≈ 0 and float32 round-off (~1e-6) still converge
+
+
+# ---------------------------------------------------------------- Hessian-vector products
+
+
+def saved_bytes(fn):
+    """(fn(), bytes of the distinct storages autograd saves while fn runs): the memory a kept graph holds."""
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def memory_budget(device: torch.device, sharing: int = 1) -> int:
+    """Bytes of kept gradient graphs allowed: half the free GPU memory, a quarter of the free host
+    memory, divided among the `sharing` processes that use the same device."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0] // 2
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        except (ValueError, OSError, AttributeError):
+            free = 1 << 30
+    return free // max(1, sharing)
+
+
+class HessianVectorProduct:
+    """v ↦ H v (float64 flat vectors on the model's device) at the model's current parameters.
+
+    Call `prepare()` after the parameters change: it returns L(θ) and keeps the per-batch gradient
+    graphs g_b that fit `memory` bytes (default `memory_budget`); products rebuild the others."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
+                 batch_size: int = 512, memory: int | None = None):
+        self.model, self.inputs, self.labels, self.loss_fn = model, inputs, labels, loss_fn
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise UserError("the model has no trainable parameters: there is no Hessian to compute")
+        self.n = sum(p.numel() for p in self.params)
+        self.batch_size = int(batch_size)
+        self.batches = [(i, min(i + self.batch_size, len(labels))) for i in range(0, len(labels), self.batch_size)]
+        self.device = self.params[0].device
+        self.memory = memory_budget(self.device) if memory is None else int(memory)
+        self.kept: list[tuple[torch.Tensor, ...]] = []
+
+    def _grad_graph(self, lo: int, hi: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(Σ_{i in lo:hi} ℓ_i, its gradient g_b with create_graph=True)."""
+        x = self.inputs[lo:hi].to(self.params[0].dtype)
+        loss = self.loss_fn(self.model(x), self.labels[lo:hi])
+        return loss, torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True, materialize_grads=True)
+
+    def prepare(self) -> float:
+        """L(θ) in float64; keeps g_b for the first batches while their saved tensors fit the budget."""
+        self.kept = []
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        keep, per_batch = True, 0
+        for lo, hi in self.batches:
+            if keep:  # the first batch's graph measures the size of all
+                (loss, g), size = saved_bytes(lambda: self._grad_graph(lo, hi))
+                per_batch = per_batch or size
+                keep = (len(self.kept) + 1) * per_batch <= self.memory
+                if keep:
+                    self.kept.append(g)
+            else:
+                with torch.no_grad():
+                    loss = self.loss_fn(self.model(self.inputs[lo:hi].to(self.params[0].dtype)), self.labels[lo:hi])
+            total += loss.detach().double()
+        return float(total) / len(self.labels)
+
+    def release(self) -> None:
+        self.kept = []
+
+    def _unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
+        out, i = [], 0
+        for p in self.params:
+            out.append(v[i : i + p.numel()].view(p.shape).to(p.dtype))
+            i += p.numel()
+        return out
+
+    def _product(self, g, vs) -> torch.Tensor:
+        pairs = [(gi, vi) for gi, vi in zip(g, vs) if gi.requires_grad]
+        if not pairs:  # the gradient does not depend on θ: this batch adds nothing
+            return torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        hv = torch.autograd.grad([a for a, _ in pairs], self.params, grad_outputs=[b for _, b in pairs],
+                                 retain_graph=True, allow_unused=True, materialize_grads=True)
+        return torch.cat([h.reshape(-1) for h in hv]).double()
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        vs = self._unflatten(v)
+        acc = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        for b, (lo, hi) in enumerate(self.batches):
+            if b < len(self.kept):
+                acc += self._product(self.kept[b], vs)
+            else:
+                acc += self._product(self._grad_graph(lo, hi)[1], vs)
+        return acc / len(self.labels)
+
+
+# ---------------------------------------------------------------- the eigen-solver
+
+
+@dataclass(frozen=True)
+class EigResult:
+    """λmax, λmin of one Hessian; residual_* = ‖H y − θ y‖ of the unit Ritz vector y of each (an
+    eigenvalue of H lies within it of θ); n_hvp Hessian-vector products used; converged: every
+    residual ≤ tol · |θ| + atol · max(|λmax|, |λmin|) (see `lanczos`)."""
+
+    lambda_max: float
+    lambda_min: float
+    residual_max: float
+    residual_min: float
+    n_hvp: int
+    converged: bool
+
+    @classmethod
+    def nan(cls, n_hvp: int = 0) -> EigResult:
+        return cls(math.nan, math.nan, math.nan, math.nan, n_hvp, False)
+
+
+def start_vector(n: int, device, seed: int = START_SEED) -> torch.Tensor:
+    """N(0, I) in float64, drawn on the CPU (the same on every device and rank)."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+
+
+def lanczos(hvp, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100, atol: float = ATOL) -> EigResult:
+    """Largest and smallest eigenvalue of the symmetric operator `hvp` in one Lanczos run.
+
+    q_1 = v0/‖v0‖; step j: w_j = H q_j, α_j = q_jᵀ w_j, r = w_j − Q_j Q_jᵀ w_j (twice: full
+    reorthogonalization), β_j = ‖r‖, q_{j+1} = r/β_j. The Ritz pairs (θ, y = Q_j s) of the
+    tridiagonal T_j = tridiag(β, α, β) at both ends get the explicit residual ‖W_j s − θ y‖
+    (W_j = [w_1..w_j], kept, so no extra products): an eigenvalue of H lies within it of θ.
+    Stops when each end has residual ≤ tol · |θ| + atol · max(|θ_max|, |θ_min|) (tol: relative,
+    as ARPACK's; atol: a floor for θ ≈ 0 and round-off in the products), on an invariant
+    subspace, or after min(max_iter, n) products. A residual relative to ‖H‖ alone would stop
+    early on λmin ≈ the bulk of eigenvalues near 0 (bench/README.md). Float64 throughout; a
+    non-finite product gives NaN."""
+    if not tol > 0:
+        raise UserError(f"tol={tol} must be positive, e.g. 1e-3")
+    if max_iter < 1:
+        raise UserError(f"max_iter={max_iter} must be at least 1")
+    v0 = v0.to(torch.float64)
+    n = v0.numel()
+    m = min(int(max_iter), n)
+    Q = v0.new_zeros(m, n)
+    W = v0.new_zeros(m, n)
+    alpha, beta = np.zeros(m), np.zeros(m)
+    q = v0 / v0.norm()
+    for j in range(m):
+        Q[j] = q
+        w = hvp(q)
+        if not bool(torch.isfinite(w).all()):
+            return EigResult.nan(j + 1)
+        W[j] = w
+        Qj, Wj = Q[: j + 1], W[: j + 1]
+        r = w - Qj.T @ (Qj @ w)
+        r -= Qj.T @ (Qj @ r)
+        alpha[j], beta[j] = float(q @ w), float(r.norm())
+        a, b = torch.from_numpy(alpha[: j + 1]), torch.from_numpy(beta[:j])
+        theta, S = torch.linalg.eigh(torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1))  # on the CPU, tiny
+        theta = theta[[-1, 0]]  # θ_max, θ_min
+        ends = S[:, [-1, 0]].to(Q)
+        res = (Wj.T @ ends - (Qj.T @ ends) * theta.to(Q)).norm(dim=0).tolist()
+        theta = theta.tolist()
+        scale = max(abs(theta[0]), abs(theta[1]))
+        converged = all(e <= tol * abs(t) + atol * scale for e, t in zip(res, theta))
+        if converged or beta[j] <= 1e-14 * max(scale, 1e-300):
+            break
+        q = r / beta[j]
+    return EigResult(theta[0], theta[1], res[0], res[1], j + 1, bool(converged))
+
+
+def extreme_eigenvalues(hvp: HessianVectorProduct, *, tol: float = 1e-3, max_iter: int = 100, atol: float = ATOL,
+                        seed: int = START_SEED) -> EigResult:
+    """λmax, λmin of the Hessian at the model's current parameters (NaN where L(θ) is not finite)."""
+    loss = hvp.prepare()
+    try:
+        if not math.isfinite(loss):
+            return EigResult.nan()
+        return lanczos(hvp, start_vector(hvp.n, hvp.device, seed), tol=tol, max_iter=max_iter, atol=atol)
+    finally:
+        hvp.release()
+
+
+# ---------------------------------------------------------------- the map
+
+
+class HessianEvaluator:
+    """Per grid point (α, β): set θ = θ* + αδ + βη in place, then λmax, λmin, their residuals and
+    the number of products, in the order of `metrics` (an engine.Evaluator). Non-finite loss: NaN
+    (n_hvp 0)."""
+
+    points_per_call = 1
+    metrics = list(HESSIAN_METRICS)
+
+    def __init__(self, model: nn.Module, split: Split, directions, *, dir_type: str = "weights",
+                 loss_name: str = "crossentropy", batch_size: int = 512, device="cpu", tol: float = 1e-3,
+                 max_iter: int = 100, memory: int | None = None):
+        device = torch.device(device)
+        self.model = model.to(device).eval()
+        self.theta = ThetaWriter(self.model, directions, dir_type)
+        data = split.to(device)
+        self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels, Classification(loss_name).loss,
+                                        batch_size=batch_size, memory=memory)
+        self.tol, self.max_iter = float(tol), int(max_iter)
+
+    def solve(self, coord) -> EigResult:
+        self.theta.write(coord)
+        return extreme_eigenvalues(self.hvp, tol=self.tol, max_iter=self.max_iter)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        out = np.empty((len(coords), len(self.metrics)))
+        for k, coord in enumerate(coords):
+            r = self.solve(coord)
+            out[k] = [r.lambda_max, r.lambda_min, r.residual_max, r.residual_min, r.n_hvp]
+        return out
+
+    def restore(self) -> None:
+        self.theta.restore()
+
+
+def sub_grid(x: np.ndarray, y: np.ndarray | None, stride: int) -> Grid:
+    """Every `stride`-th point of each axis, both ends included: (num − 1) % stride == 0 on each axis."""
+    if stride < 1:
+        raise UserError(f"--stride {stride} must be at least 1 (1: every point of the surface's grid)")
+    axes = [("x", x)] + ([("y", y)] if y is not None else [])
+    for name, c in axes:
+        if (len(c) - 1) % stride:
+            common = math.gcd(*[len(a) - 1 for _, a in axes])
+            fits = [k for k in range(1, common + 1) if common % k == 0] or [1]
+            raise UserError(f"--stride {stride} does not fit the surface's {len(c)}-point {name} axis ((num - 1) must be a "
+                            f"multiple of the stride, so that both ends are included): use one of {', '.join(map(str, fits[:12]))}")
+    return Grid(np.asarray(x[::stride]), None if y is None else np.asarray(y[::stride]))
+
+
+def unconverged(values: dict, tol: float) -> int:
+    """Eigenvalues of a map whose residual is above the stopping rule of `lanczos` (NaN points aside)."""
+    scale = np.fmax(np.abs(values["lambda_max"]), np.abs(values["lambda_min"]))
+    return int(sum((values[f"residual_{e}"] > tol * np.abs(values[f"lambda_{e}"]) + ATOL * scale).sum()
+                    for e in ("max", "min")))

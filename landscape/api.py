@@ -1,0 +1,364 @@
+"""The public Python API: loss surfaces, Hessian maps, and the jobs the CLI runs.
+
+    from landscape import compute_surface
+    s = compute_surface(model, {"train": (X, Y)}, x="-1:1:21", y="-1:1:21", surf_file="s.h5")
+    s.values["train/loss"]   # shape (21, 21), axis order (y, x)
+
+Keyword options are the job options of `landscape.options` (the CLI's flags). The library
+returns frozen results; only the CLI prints and draws.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, engine, options
+from .analysis.hessian import ATOL, START_SEED, HessianEvaluator, memory_budget, sub_grid, unconverged
+from .analysis.trajectory import ModelDirections, job_directions, record_checkpoint_losses
+from .core.data import SUBSET_SEED, Split, as_splits, check_labels, load_dataset
+from .core.data import subset as subset_of
+from .core.device import pick_device, ranks_per_device, set_threads
+from .core.directions import (
+    Direction,
+    as_arrays,
+    check_directions,
+    fingerprint,
+    random_directions,
+    target_tensors,
+    tensor_layouts,
+)
+from .core.evaluate import SurfaceEvaluator, fastest_points_per_pass
+from .core.grid import Grid
+from .core.importpath import check_loss, is_import_path
+from .core.models import build_model, load_checkpoint, num_outputs
+from .errors import SharedUserError, UserError
+from .io import reference, surface_file
+
+#: compute_surface's keyword options: the job options that do not name files of a CLI job
+SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "loss_name", "batch_size",
+                   "points_per_pass", "precision", "compile", "channels_last", "chunk", "write", "force", "progress")
+
+
+@dataclass(frozen=True)
+class SurfaceResult:
+    """The arrays of a surface file: values[metric] has shape (len(y), len(x)) or (len(x),)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    values: dict[str, np.ndarray]
+    mask: np.ndarray
+    directions: list[Direction]
+    path: str | None
+    summary: engine.RunSummary | None = field(default=None, repr=False)
+
+    @property
+    def nonfinite(self) -> int:
+        """Computed points with a NaN or infinite value in some metric."""
+        return int((self.mask & ~np.all([np.isfinite(v) for v in self.values.values()], axis=0)).sum())
+
+
+@dataclass(frozen=True)
+class HessianInputs:
+    """What a Hessian map is computed from, rebuilt from its surface file."""
+
+    stored: surface_file.StoredJob
+    grid: Grid
+    job: options.Job
+    model: nn.Module
+    train: Split  # the whole train split (its fingerprint is checked against the file's)
+    data: Split  # the subset the Hessian is taken over
+    directions: list[Direction]
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class HessianResult:
+    """A Hessian map's run: the engine's summary, and once complete the points whose loss is not
+    finite and the eigenvalues whose residual is above the stopping rule (see analysis.hessian)."""
+
+    path: str
+    summary: engine.RunSummary
+    nonfinite: int = 0
+    unconverged: int = 0
+
+
+def surface_options(given: dict) -> options.Job:
+    """A Job with the default options overridden by compute_surface's keywords (checked)."""
+    unknown = [k for k in given if k not in SURFACE_OPTIONS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], SURFACE_OPTIONS, n=1)
+        raise TypeError(f"compute_surface() got an unexpected keyword {unknown[0]!r}"
+                        + (f": did you mean {close[0]!r}?" if close else f"; options are {', '.join(SURFACE_OPTIONS)}"))
+    values = {k: (":".join(str(v) for v in value) if k in "xy" and isinstance(value, (tuple, list)) else value)
+              for k, value in given.items()}
+    values.setdefault("progress", False)
+    return options.build_job(values, "compute_surface")
+
+
+def compute_surface(model: nn.Module, data, *, directions: list[Direction] | None = None, surf_file=None,
+                    device: str | torch.device = "cpu", comm=None, bn_calibration: Split | None = None,
+                    attrs: dict | None = None, extra: dict | None = None, source: dict | None = None,
+                    **opts) -> SurfaceResult:
+    """Loss and accuracy of `model` at θ* + αδ (+ βη) over the grid, on every rank of `comm`.
+
+    `opts`: the options in SURFACE_OPTIONS (x, y, xnorm, batch_size, ...; see the README's
+    reference). Directions are drawn from `seed` (see core.directions) unless given. Writes (or
+    resumes) `surf_file`; without one, a temporary file is used and removed. `extra`: more
+    datasets for the new file ({path: array}); `source`: how given directions were made."""
+    job = surface_options(opts)
+    comm = comm or engine.world()
+    axes = [a for a in job.axes() if a is not None]
+    grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
+    splits = as_splits(data)
+    norms, ignores = (job.xnorm, job.ynorm or job.xnorm), (job.xignore, job.yignore or job.xignore)
+    if directions is None:
+        directions = random_directions(model, seed=job.seed, dir_type=job.dir_type, ndim=grid.ndim, norms=norms,
+                                       ignores=ignores)
+        source = {"seed": job.seed, "norm": list(norms[: grid.ndim]), "ignore": list(ignores[: grid.ndim])}
+    else:
+        directions = [{k: torch.as_tensor(v) for k, v in d.items()} for d in directions[: grid.ndim]]
+        if len(directions) < grid.ndim:
+            raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
+        check_directions(directions, model, job.dir_type, "the given directions")
+        source = source or {"given": True}
+    was_training = model.training  # the model is left as it was (the evaluator switches it to eval mode)
+    evaluator = SurfaceEvaluator(model, splits, directions, dir_type=job.dir_type, loss_name=job.loss_name,
+                                 batch_size=job.batch_size, device=device, points_per_pass=max(job.points_per_pass, 1),
+                                 precision=job.precision, compile=job.compile, channels_last=job.channels_last,
+                                 bn_calibration=bn_calibration)
+    engine.on_root(comm, evaluator.check_deterministic)
+    if job.points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
+        evaluator.set_points_per_pass(engine.on_root(comm, lambda: fastest_points_per_pass(evaluator)))
+    tmpdir = None
+    if surf_file is None:
+        tmpdir = engine.on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
+        surf_file = Path(tmpdir) / "surface.h5"
+    path = Path(surf_file)
+    identity = {
+        "grid_x": [float(grid.x[0]), float(grid.x[-1]), len(grid.x)],
+        "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
+        "splits": list(splits), "loss_name": job.loss_name, "dir_type": job.dir_type, "directions": source,
+        "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
+    }
+
+    def prepare():
+        identity.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
+                        data_fingerprint={k: s.fingerprint() for k, s in splits.items()})
+        meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
+                "seed": int(job.seed), **(attrs or {})}
+        return surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
+                                    attrs=meta, extra=extra, force=job.force)
+
+    def run(done):
+        return engine.run(evaluator, grid, path, done, comm=comm, chunk=job.chunk, progress=job.progress,
+                          parallel_write={"auto": None, "parallel": True, "gather": False}[job.write])
+
+    try:
+        summary = engine.locked_run(comm, path, prepare, run)
+    finally:
+        evaluator.restore()
+        model.train(was_training)
+    values, mask = surface_file.read_values(path, evaluator.metrics)
+    if tmpdir is not None:
+        comm.Barrier()
+        if comm.rank == 0:
+            path.unlink()
+            os.rmdir(tmpdir)
+    return SurfaceResult(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary)
+
+
+# ---------------------------------------------------------------- jobs of the CLI
+
+
+def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], torch.device]:
+    """The model (θ* loaded, eval mode), the job's splits and this rank's device, checked;
+    a mistake found on any rank stops every rank."""
+    set_threads(job.threads, comm)
+    device = pick_device(job.device, comm)
+
+    def load():
+        model = build_model(job.model, seed=job.seed)
+        if job.model_file:
+            load_checkpoint(model, job.model_file)
+        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
+        if job.subset:
+            splits = {name: subset_of(s, job.subset, job.subset_mode, name) for name, s in splits.items()}
+        sample = splits[job.splits[0]]
+        num_classes = num_outputs(model, sample.inputs[:4], job.model)
+        for name, s in splits.items():
+            check_labels(s, num_classes, name)
+        if is_import_path(job.loss_name):
+            with torch.no_grad():
+                check_loss(job.loss_name, model(sample.inputs[:4]), sample.labels[:4])
+        return model, splits
+
+    model, splits = engine.on_all(comm, load)
+    if comm.size > 1 and (is_import_path(job.model) or is_import_path(job.dataset)):
+        same_on_all_ranks(comm, model, splits)
+    return model, splits, device
+
+
+def calibration_split(job: options.Job) -> Split | None:
+    """The first job.bn_recompute train examples (before any --subset), or None."""
+    if not job.bn_recompute:
+        return None
+    train = load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"])["train"]
+    return subset_of(train, job.bn_recompute, "first", "train", "--bn_recompute")
+
+
+def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
+    """The user's factories must give every rank the same θ and data (seed them)."""
+    mine = (fingerprint(dict(model.state_dict())), {k: s.fingerprint() for k, s in splits.items()})
+    if any(other != mine for other in comm.allgather(mine)):
+        raise SharedUserError("your --model or --dataset factory gives different weights or data on different ranks: "
+                              "make it deterministic (seed its random numbers, fix the file order)")
+
+
+def surface_job(job: options.Job, comm=None) -> SurfaceResult:
+    """Run a surface job (`landscape surface`) on every rank: the model, data and directions it
+    names, the surface into job.surf_file, and a trajectory's checkpoint losses once complete."""
+    comm = comm or engine.world()
+    model, splits, device = load_inputs(job, comm)
+
+    def directions_of_job() -> ModelDirections:
+        found = job_directions(job, model)
+        if found is None:
+            stored = surface_file.read_directions(job.dir_file) if job.dir_file else None
+            found = ModelDirections(stored, job.x, job.y, {}, None)
+        return found
+
+    chosen = engine.on_all(comm, directions_of_job)
+    opts = {**{k: getattr(job, k) for k in SURFACE_OPTIONS}, "x": chosen.x, "y": chosen.y}
+    result = compute_surface(
+        model, splits, directions=chosen.directions, surf_file=job.surf_file, device=device, comm=comm,
+        bn_calibration=calibration_split(job), attrs={"config": job.to_yaml()}, extra=chosen.extra,
+        source=chosen.source, **opts)
+    if comm.rank == 0 and chosen.trajectory is not None and result.summary.complete:
+        record_checkpoint_losses(job.surf_file, model, splits, chosen.trajectory, result.directions,
+                                 loss_name=job.loss_name, batch_size=job.batch_size, device=device)
+    return result
+
+
+def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1e-3, max_iter: int = 100,
+                batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
+                progress: bool = False, chunk: int = 0, comm=None) -> HessianResult:
+    """Compute (or resume) the Hessian map of a surface file on every rank of `comm`.
+
+    Model, θ*, data and directions are rebuilt from the file (its `config` attr and /directions);
+    the map covers every `stride`-th point of each axis and is stored in the file's `hessian`
+    group with its settings as attrs (see README.md, "Hessian maps")."""
+    comm = comm or engine.world()
+    path = Path(surf_file)
+
+    def setup():  # the same on every rank
+        if not tol > 0 or not math.isfinite(tol):
+            raise UserError(f"--tol {tol} must be a positive number, e.g. 1e-3")
+        if max_iter < 1:
+            raise UserError(f"--max_iter {max_iter} must be at least 1")
+        if batch_size < 1:
+            raise UserError(f"--batch_size {batch_size} must be at least 1")
+        stored = engine.on_root(comm, lambda: surface_file.read_job(path))
+        grid = sub_grid(stored.x, stored.y, int(stride))
+        job = options.build_job(stored.provenance.config, f"the config stored in {str(path)!r}")
+        if job.model_file and not Path(job.model_file).is_file():
+            raise UserError(f"the surface's checkpoint {job.model_file!r} (from its stored config) is not found from "
+                            f"{os.getcwd()!r}: run landscape hessian in the folder the surface job ran in")
+        job = dataclasses.replace(job, splits=["train"], threads=int(threads), device=device)
+        model, splits, dev = load_inputs(job, comm)
+        data = subset_of(splits["train"], int(subset), "random", "train")
+        directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in stored.directions[: grid.ndim]]
+        if len(directions) < grid.ndim:
+            raise UserError(f"{str(path)!r} has {len(directions)} direction(s) for a {grid.ndim}D grid: recompute the surface")
+        check_directions(directions, model, job.dir_type, str(path))
+        return HessianInputs(stored, grid, job, model, splits["train"], data, directions, dev)
+
+    try:
+        h = setup()
+    except UserError as exc:
+        raise SharedUserError(str(exc)) from None  # every rank meets the same error: rank 0 prints it
+    job, model = h.job, h.model
+
+    def check_same_inputs():
+        want, have = h.stored.provenance.job.get("model_fingerprint"), fingerprint(model.state_dict())
+        if want and want != have:
+            raise UserError(f"θ* from {job.model_file or 'seed ' + str(job.seed)!r} is not the model of the surface in "
+                            f"{str(path)!r} (fingerprint {have} != {want}): restore the checkpoint the surface was computed with")
+        want = h.stored.provenance.job.get("data_fingerprint", {}).get("train")
+        if want and want != h.train.fingerprint():
+            raise UserError(f"the train split of dataset {job.dataset!r} differs from the one in {str(path)!r}: "
+                            "use the same data as the surface job")
+
+    engine.on_root(comm, check_same_inputs)
+    settings = {
+        "stride": int(stride), "subset": int(subset), "subset_size": len(h.data), "subset_seed": SUBSET_SEED,
+        "subset_draw": "numpy RandomState(subset_seed), sorted", "split": "train", "loss_name": job.loss_name,
+        "tol": float(tol), "max_iter": int(max_iter), "batch_size": int(batch_size), "start_seed": START_SEED,
+        "atol": ATOL, "params": "all trainable parameters", "hvp": "double backward, float64 sum over batches",
+        "solver": "lanczos, full reorthogonalization",
+    }
+    evaluator = HessianEvaluator(model, h.data, h.directions, dir_type=job.dir_type, loss_name=job.loss_name,
+                                 batch_size=batch_size, device=h.device, tol=tol, max_iter=max_iter,
+                                 memory=memory_budget(h.device, ranks_per_device(comm, h.device)))
+
+    def prepare():
+        return surface_file.prepare_group(path, surface_file.HESSIAN, h.grid, evaluator.metrics, settings,
+                                          mask=surface_file.HESSIAN_MASK, force=force,
+                                          attrs={"versions": f"landscape {__version__}, torch {torch.__version__}"})
+
+    def run(done):
+        return engine.run(evaluator, h.grid, path, done, comm=comm, mask=surface_file.HESSIAN_MASK, chunk=chunk,
+                          progress=progress, label="hessian")
+
+    try:
+        summary = engine.locked_run(comm, path, prepare, run)
+    finally:
+        evaluator.restore()
+    nan = slow = 0
+    if summary.complete:
+        stored_map = engine.on_root(comm, lambda: surface_file.read_hessian(path))
+        nan, slow = int(np.isnan(stored_map.values["lambda_max"]).sum()), unconverged(stored_map.values, tol)
+    return HessianResult(str(path), summary, nan, slow)
+
+
+# ---------------------------------------------------------------- the reference tool's files
+
+
+def import_directions(ref_file, out_file, model: nn.Module, *, model_name: str = "", dir_type: str = "auto",
+                      force: bool = False) -> tuple[str, int]:
+    """Convert a reference direction file into a directions-only file for --dir_file.
+    Returns the dir_type found and the number of directions."""
+    out = Path(out_file)
+    reference.check_output(out, force, ref_file)
+    directions, kind = read_reference_directions(ref_file, model, dir_type)
+    surface_file.write_directions(out, as_arrays(directions), {"dir_type": kind, "model": model_name,
+                                                              "source": str(ref_file)})
+    return kind, len(directions)
+
+
+def read_reference_directions(path, model: nn.Module, dir_type: str = "auto") -> tuple[list[Direction], str]:
+    """Directions of a reference direction file keyed by the tensor names of `model`.
+
+    dir_type: weights, states, or auto (the tensor order whose count and shapes fit).
+    Returns the directions (over `target_tensors(model, dir_type)`) and the dir_type."""
+    lists = reference.read_lists(path)
+    kind, layout = reference.match_layout(lists, tensor_layouts(model), dir_type, path)
+    wanted = target_tensors(model, kind)
+    return [{name: torch.as_tensor(a, dtype=torch.float32) for (name, _), a in zip(layout, arrays) if name in wanted}
+            for arrays in lists], kind
+
+
+def export_reference(surf_file, out_file, *, model: nn.Module | None = None, dir_out=None,
+                     force: bool = False) -> list[str]:
+    """The surface under the reference tool's key names (see io.reference); with `model` and
+    `dir_out` also its directions as a reference direction file. Returns the keys written."""
+    layouts = None if model is None else tensor_layouts(model)
+    return reference.export_surface(surf_file, out_file, layouts=layouts, dir_out=dir_out, force=force)

@@ -1,0 +1,236 @@
+"""Command line: `landscape surface|plot|vtk|info|train|import-directions|export-reference|hessian ...`
+(plot_surface.py is `landscape surface`). The only module that prints; nothing imports it.
+
+The job flags come from landscape.options (surface, hessian and train jobs); each command
+calls the library, then prints and draws."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, SharedUserError, UserError, storage_problem
+
+GRID_FLAGS = ("--x", "--y")
+
+
+def join_grid_values(argv: list[str]) -> list[str]:
+    """Accept `--x -1:1:51` as well as `--x=-1:1:51` (argparse takes -1:1:51 for a flag)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in GRID_FLAGS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    from ..options import HessianJob, PlotJob, TrainJob, add_arguments, add_job_arguments
+
+    p = argparse.ArgumentParser(prog="landscape", description="Loss landscapes of neural networks (Li et al. 2018).")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("surface", help="compute (or resume) a 1D/2D loss surface; MPI-aware")
+    add_job_arguments(s)
+    pl = sub.add_parser("plot", help="draw every figure a surface file supports (or compare files side by side)")
+    pl.add_argument("surf_files", nargs="+", metavar="surf_file", help="one or more surface files")
+    add_arguments(pl, PlotJob)
+    vt = sub.add_parser("vtk", help="export a 2D surface for ParaView (.vtu, written with meshio)")
+    vt.add_argument("surf_file")
+    vt.add_argument("--out", default=None, help="the .vtu (or legacy .vtk) file (default: <stem>.vtu next to the file)")
+    vt.add_argument("--split", default=None, help="split whose loss is z (default: the first, train)")
+    vt.add_argument("--log", action="store_true", help="z = log10 loss")
+    vt.add_argument("--zscale", type=float, default=1.0, help="z = zscale * loss (or * log10 loss)")
+    inf = sub.add_parser("info", help="a short summary of a surface file: grid, completion, minima, sharpness, provenance")
+    inf.add_argument("surf_file")
+    t = sub.add_parser("train", help="train a demo model and save a checkpoint per epoch")
+    add_arguments(t, TrainJob)
+    im = sub.add_parser("import-directions", help="convert a direction file of the reference tool into a --dir_file")
+    im.add_argument("ref_file", help="the reference's direction file (groups xdirection, ydirection)")
+    im.add_argument("--model", required=True, help="the model the file was made for: names the tensor positions")
+    im.add_argument("--out", required=True, help="the directions file to write (a --dir_file)")
+    im.add_argument("--dir_type", default="auto", choices=("auto", "weights", "states"),
+                    help="tensor order of the file (auto: the one whose count and shapes fit)")
+    im.add_argument("--force", action="store_true", help="overwrite --out")
+    ex = sub.add_parser("export-reference", help="write a surface file under the reference tool's key names")
+    ex.add_argument("surf_file")
+    ex.add_argument("out_file")
+    ex.add_argument("--model", default=None, help="with --dir_out: the model that orders the directions")
+    ex.add_argument("--dir_out", default=None, help="also write the directions as a reference direction file")
+    ex.add_argument("--force", action="store_true", help="overwrite the output files")
+    he = sub.add_parser("hessian", help="Hessian λmax, λmin, |λmin/λmax| maps over a surface's grid; MPI-aware")
+    he.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
+    add_arguments(he, HessianJob)
+    return p
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(join_grid_values(argv))
+    if args.command == "surface":
+        from ..options import job_from_args
+
+        return surface(job_from_args(args))
+    if args.command == "plot":
+        from ..viz.figures import compare_files, plot_file
+
+        opts = dict(formats=args.format, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log,
+                    cmap=args.cmap, dpi=args.dpi, kinds=args.kinds, splits=args.splits, metrics=args.metrics)
+        if args.compare:
+            paths = compare_files(args.surf_files, args.out_dir, titles=args.titles, **opts)
+        elif args.titles is not None:
+            raise UserError("--titles goes with --compare: add --compare to draw the files side by side")
+        else:
+            paths = [p for f in args.surf_files for p in plot_file(f, args.out_dir, **opts)]
+        print(f"[landscape] {len(paths)} figures in {', '.join(sorted({str(p.parent) for p in paths})) or '-'}")
+        return 0
+    if args.command == "vtk":
+        from ..viz.vtk import write_vtk
+
+        out = write_vtk(args.surf_file, args.out, log=args.log, zscale=args.zscale, split=args.split)
+        print(f"[landscape] {out}")
+        return 0
+    if args.command == "info":
+        from ..viz.info import info
+
+        print(info(args.surf_file))
+        return 0
+    if args.command == "train":
+        from ..core.train import train
+        from ..options import TrainJob, from_namespace
+
+        train(from_namespace(TrainJob, args), report=print)
+        return 0
+    if args.command == "import-directions":
+        from ..api import import_directions
+        from ..core.models import build_model
+
+        kind, n = import_directions(args.ref_file, args.out, build_model(args.model), model_name=args.model,
+                                    dir_type=args.dir_type, force=args.force)
+        print(f"[landscape] {n} {kind} direction(s) in {args.out}: use --dir_file {args.out} --dir_type {kind}")
+        return 0
+    if args.command == "export-reference":
+        from ..api import export_reference
+
+        model = None
+        if args.model:
+            from ..core.models import build_model
+
+            model = build_model(args.model)
+        keys = export_reference(args.surf_file, args.out_file, model=model, dir_out=args.dir_out, force=args.force)
+        print(f"[landscape] {args.out_file}: {', '.join(keys)}")
+        return 0
+    if args.command == "hessian":
+        from ..options import HessianJob, from_namespace
+
+        return hessian(args.surf_file, from_namespace(HessianJob, args))
+    return 2
+
+
+def surface(job) -> int:
+    """`landscape surface`: compute (or resume), then on rank 0 print the summary and draw."""
+    from ..api import surface_job
+
+    result = surface_job(job)
+    summary = result.summary
+    if rank() == 0:
+        print(f"[landscape] {summary.text()}", file=sys.stderr)
+        print(f"[landscape] surface file: {job.surf_file}")
+        if job.plot and summary.complete:
+            from ..viz.figures import plot_file
+
+            figures = plot_file(job.surf_file)
+            print(f"[landscape] figures: {os.path.dirname(job.surf_file) or '.'}/ ({len(figures)} files)")
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def hessian(surf_file: str, opts) -> int:
+    """`landscape hessian`: compute (or resume) the map, then on rank 0 print and draw."""
+    from ..api import hessian_map
+
+    result = hessian_map(surf_file, stride=opts.stride, subset=opts.subset, tol=opts.tol, max_iter=opts.max_iter,
+                         batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
+                         progress=opts.progress)
+    summary = result.summary
+    if rank() == 0:
+        print(f"[landscape] hessian: {summary.text()}", file=sys.stderr)
+        if result.unconverged or result.nonfinite:
+            print(f"[landscape] hessian: {result.unconverged} eigenvalue(s) not converged within --max_iter "
+                  f"{opts.max_iter} (see hessian/residual_*), {result.nonfinite} point(s) with a non-finite loss (NaN)",
+                  file=sys.stderr)
+        if opts.plot and summary.complete:
+            from ..viz.hessian_figures import plot_hessian
+
+            figures = plot_hessian(surf_file)
+            print(f"[landscape] hessian figures: {os.path.dirname(surf_file) or '.'}/ ({len(figures)} files)")
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def rank() -> int:
+    if "mpi4py.MPI" not in sys.modules:
+        return 0
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.rank
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """GPU (torch.OutOfMemoryError) or host (MemoryError, torch's CPU allocator) memory exhausted."""
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def fail_every_rank(message: str) -> int:
+    """Print one error line; under MPI stop the other ranks too (they would wait for this one)."""
+    print(f"landscape: error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+    if "mpi4py.MPI" in sys.modules:
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.size > 1:
+            MPI.COMM_WORLD.Abort(EXIT_USER_ERROR)
+    return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a user mistake prints one line and exits 2; under MPI an unexpected
+    error on one rank aborts the whole job (no rank hangs), and the file stays resumable."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("surface", "hessian"):
+        from ..engine.signals import install_stop_handlers
+
+        install_stop_handlers()
+    try:
+        return run(argv)
+    except UserError as exc:
+        if not (isinstance(exc, SharedUserError) and rank() != 0):
+            print(f"landscape: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # `landscape info FILE | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        reason = storage_problem(exc)
+        if reason is None:
+            raise
+        return fail_every_rank(f"cannot write ({reason}): free space or fix the permissions, then rerun the same "
+                               "command: every point written so far is kept")
+    except BaseException as exc:
+        if out_of_memory(exc):
+            return fail_every_rank("out of memory: lower --batch_size or --points_per_pass, or run fewer ranks per "
+                                   "GPU, then rerun the same command: every point written so far is kept")
+        if "mpi4py.MPI" in sys.modules:
+            from mpi4py import MPI
+
+            if MPI.COMM_WORLD.size > 1:
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+                MPI.COMM_WORLD.Abort(1)
+        raise
+
+
+def surface_main() -> int:
+    return main(["surface", *sys.argv[1:]])

@@ -1,0 +1,276 @@
+"""Datasets: splits of (inputs, labels) tensors, held whole on the evaluation device.
+
+`digits`: the 8x8 handwritten digits bundled with scikit-learn (1797 images, 10
+classes, no download). Pixels are scaled to [0, 1]; the split is fixed: a
+permutation drawn with numpy seed 0, the first 1438 images (80%) for `train`,
+the remaining 359 for `test`.
+
+`cifar10`: CIFAR-10 read from a local `cifar-10-batches-py` folder (the "python
+version" of https://www.cs.toronto.edu/~kriz/cifar.html: pickled dicts with b'data',
+uint8 (N, 3072) rows of 3 channel planes of 32x32, and b'labels'); `train` is
+data_batch_1..5 (50000 images), `test` is test_batch (10000), in file order. Pixels are
+scaled to [0, 1] and normalized per channel with CIFAR_MEAN / CIFAR_STD; no augmentation.
+
+`package.module:factory`: the user's own; see `from_factory`.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..options import SPLITS
+from .importpath import is_import_path, resolve
+
+DATASETS = ("digits", "cifar10")
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
+              "and extract it into --data_dir")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and integer labels of one split."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.inputs, self.labels))
+
+    def to(self, device, memory_format=torch.contiguous_format) -> Split:
+        """On `device`; 4-D inputs in `memory_format` (channels_last for faster convolutions)."""
+        inputs = self.inputs.to(device)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=memory_format)
+        return Split(inputs, self.labels.to(device))
+
+    def place(self, device, memory_format=torch.contiguous_format, resident: bool | None = None) -> Split:
+        """Held whole on `device` when `resident` (None: when it fits in half the free memory of
+        a GPU; always on a CPU); else kept on the host, pinned for a GPU, and copied batch by
+        batch (see `batches`)."""
+        device = torch.device(device)
+        if resident is None:
+            resident = device.type != "cuda" or self.nbytes <= torch.cuda.mem_get_info(device)[0] // 2
+        if resident:
+            return self.to(device, memory_format)
+        host = self.to("cpu", memory_format)
+        if device.type == "cuda":
+            host = Split(host.inputs.pin_memory(), host.labels.pin_memory())
+        return host
+
+    def batches(self, size: int, device=None):
+        """(inputs, labels) of `size` examples at a time, on `device`: slices when the split is
+        held there, asynchronous copies from pinned host memory when not."""
+        for i in range(0, len(self), size):
+            xb, yb = self.inputs[i : i + size], self.labels[i : i + size]
+            if device is not None and xb.device != device:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            yield xb, yb
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.inputs, self.labels):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(1797, 8, 8) pixel values 0..16 and labels, read from the file scikit-learn ships
+    (without importing sklearn.datasets, which costs a second per process)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the digits dataset comes with scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # another layout: let sklearn find it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def digits() -> dict[str, Split]:
+    pixels, target = digits_arrays()
+    images = pixels.astype(np.float32) / 16.0
+    labels = target.astype(np.int64)
+    order = np.random.RandomState(0).permutation(len(labels))
+    n_train = int(round(0.8 * len(labels)))
+    parts = {"train": order[:n_train], "test": order[n_train:]}
+    return {
+        name: Split(torch.from_numpy(images[idx][:, None].copy()), torch.from_numpy(labels[idx].copy()))
+        for name, idx in parts.items()
+    }
+
+
+def cifar_folder(data_dir: str | Path | None) -> Path:
+    """`data_dir`/cifar-10-batches-py, or `data_dir` itself when it holds the batch files."""
+    if not data_dir:
+        raise UserError(f"dataset cifar10 needs --data_dir, the folder holding cifar-10-batches-py: {CIFAR_HINT}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"CIFAR-10 folder {str(root)!r} does not exist: check --data_dir, or {CIFAR_HINT}")
+    if (root / "cifar-10-batches-py").is_dir():
+        return root / "cifar-10-batches-py"
+    if any((root / name).is_file() for names in CIFAR_FILES.values() for name in names):
+        return root
+    raise UserError(f"{str(root)!r} holds neither cifar-10-batches-py nor its batch files "
+                    f"(data_batch_1..5, test_batch): {CIFAR_HINT}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3072) uint8 and labels (N,) int64 of one CIFAR-10 python batch file."""
+    if not path.is_file():
+        raise UserError(f"CIFAR-10 file {str(path)!r} is missing: the folder must hold data_batch_1..5 and "
+                        f"test_batch; {CIFAR_HINT}")
+    try:
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"])
+        labels = np.asarray(batch[b"labels"] if b"labels" in batch else batch["labels"])
+    except Exception as exc:  # not a pickle, not a dict, keys missing
+        raise UserError(f"{str(path)!r} is not a CIFAR-10 python batch (a pickled dict with b'data' and "
+                        f"b'labels'; {type(exc).__name__}: {exc}): {CIFAR_HINT}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UserError(f"{str(path)!r}: b'data' is {data.dtype} {data.shape}, not uint8 (N, 3072): {CIFAR_HINT}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or (
+            len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise UserError(f"{str(path)!r}: b'labels' must be {len(data)} class indices in 0..9: {CIFAR_HINT}")
+    return data, labels.astype(np.int64)
+
+
+def cifar10(data_dir: str | Path | None, splits=SPLITS) -> dict[str, Split]:
+    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW)."""
+    folder = cifar_folder(data_dir)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    out = {}
+    for name in splits:
+        parts = [read_cifar_batch(folder / f) for f in CIFAR_FILES[name]]
+        images = torch.from_numpy(np.concatenate([d for d, _ in parts])).view(-1, 3, 32, 32)
+        inputs = images.float().div_(255.0).sub_(mean).div_(std)
+        out[name] = Split(inputs, torch.from_numpy(np.concatenate([y for _, y in parts])))
+    return out
+
+
+def is_array(t) -> bool:
+    return isinstance(t, (torch.Tensor, np.ndarray))
+
+
+def as_split(data, source: str) -> Split:
+    """A Split from a Split, an (inputs, labels) pair, or a map-style torch Dataset of (input, label)."""
+    if isinstance(data, Split):
+        inputs, labels = data.inputs, data.labels
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(is_array(t) for t in data):
+        inputs, labels = (torch.as_tensor(t) for t in data)
+    elif isinstance(data, torch.utils.data.Dataset):
+        try:
+            items = [data[i] for i in range(len(data))]
+            inputs = torch.stack([torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+                                  for x, _ in items])
+            labels = torch.as_tensor([int(y) for _, y in items])
+        except Exception as exc:
+            raise UserError(f"{source}: cannot read the Dataset as (input tensor, class index) items "
+                            f"({type(exc).__name__}: {exc})") from None
+    else:
+        raise UserError(f"{source} is a {type(data).__name__}: give a torch Dataset or an (inputs, labels) "
+                        "pair of tensors")
+    if len(labels) == 0 or labels.dim() != 1 or len(inputs) != len(labels):
+        raise UserError(f"{source}: {len(inputs)} inputs and labels of shape {tuple(labels.shape)}: give one "
+                        "class index per input, at least one")
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise UserError(f"{source}: labels must be class indices (integers), got fractional values")
+        labels = labels.long()
+    elif labels.dtype == torch.bool or labels.is_complex():
+        raise UserError(f"{source}: labels must be class indices, got dtype {labels.dtype}")
+    return Split(inputs, labels.long())
+
+
+def as_splits(data) -> dict[str, Split]:
+    """{name: Split} from {name: Split | (inputs, labels) | Dataset}, or one of those (the train split)."""
+    if not isinstance(data, dict):
+        data = {"train": data}
+    return {name: as_split(d, f"data for split {name!r}") for name, d in data.items()}
+
+
+SUBSET_SEED = 0  # a random subset is drawn with numpy RandomState(SUBSET_SEED)
+
+
+def subset(split: Split, n: int, mode: str = "first", name: str = "train", flag: str = "--subset") -> Split:
+    """The first n examples, or n drawn without replacement with numpy seed SUBSET_SEED (kept in
+    their order); n = 0 or the whole size: the split itself."""
+    if n < 0:
+        raise UserError(f"{flag} {n} must be >= 0 (0: the whole {name} split)")
+    if n > len(split):
+        raise UserError(f"{flag} {n} is larger than split {name!r} ({len(split)} examples): choose at most "
+                        f"{len(split)}, or 0 for the whole split")
+    if n in (0, len(split)):
+        return split
+    index = np.arange(n) if mode == "first" else np.sort(np.random.RandomState(SUBSET_SEED).permutation(len(split))[:n])
+    index = torch.from_numpy(index)
+    return Split(split.inputs[index], split.labels[index])
+
+
+def from_factory(path: str) -> dict[str, Split]:
+    """The splits that the user's `package.module:factory` returns: a torch Dataset or an
+    (inputs, labels) pair of tensors (the train split), a (train, test) pair of those, or a
+    dict {'train': ..., 'test': ...} of those."""
+    obj = resolve(path, "--dataset")()
+    source = f"--dataset {path!r}"
+    if isinstance(obj, dict):
+        unknown = [k for k in obj if k not in SPLITS]
+        if unknown:
+            raise UserError(f"{source} returned a dict with keys {unknown}: use 'train' and 'test'")
+        parts = obj
+    elif isinstance(obj, (Split, torch.utils.data.Dataset)) or (isinstance(obj, (tuple, list)) and len(obj) == 2
+                                                                and all(is_array(t) for t in obj)):
+        parts = {"train": obj}
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        parts = {"train": obj[0], "test": obj[1]}
+    else:
+        raise UserError(f"{source} returned a {type(obj).__name__}: return a torch Dataset, an (inputs, labels) "
+                        "pair of tensors, or a (train, test) pair or {'train': ..., 'test': ...} dict of those")
+    return {name: as_split(d, f"{source} split {name!r}") for name, d in parts.items()}
+
+
+def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS) -> dict[str, Split]:
+    """The named splits of dataset `name` (a name of DATASETS or `package.module:factory`)."""
+    splits = list(splits)
+    if name == "digits":
+        data = digits()
+    elif name == "cifar10":
+        data = cifar10(data_dir, splits)
+    elif is_import_path(name):
+        data = from_factory(name)
+    else:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
+                        "or give your own as package.module:factory")
+    for s in splits:
+        if s not in data:
+            raise UserError(f"dataset {name!r} has no {s!r} split (it has {', '.join(data)}): "
+                            f"choose --splits {','.join(data)}")
+    return {s: data[s] for s in splits}
+
+
+def check_labels(split: Split, num_classes: int, name: str) -> None:
+    lo, hi = int(split.labels.min()), int(split.labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise UserError(
+            f"split {name!r} has labels in [{lo}, {hi}] but the model has {num_classes} outputs: "
+            "use a model with as many outputs as classes"
+        )

@@ -1,0 +1,132 @@
+"""Directions in parameter space, keyed by parameter (or state) name.
+
+A random direction d has d_t ~ N(0, I) for every tensor t of θ*, then is
+normalized tensor by tensor (Li et al. 2018, Sec. 4):
+
+- ``filter``:  d_{t,i} <- d_{t,i} * ||θ_{t,i}|| / (||d_{t,i}|| + 1e-10) for every slice i along
+  dim 0 (an output filter of a conv; a row of a linear weight, i.e. a 1x1 conv);
+- ``layer``:   d_t <- d_t * ||θ_t|| / ||d_t||;
+- ``weight``:  d_t <- d_t ⊙ θ_t;
+- ``dfilter`` / ``dlayer``: unit norm per filter / per tensor;
+- ``none``:    unchanged.
+
+Tensors with dim <= 1 (biases, BN weights and statistics) get d_t = 0 with
+ignore ``biasbn`` and d_t = θ_t otherwise, as in the reference implementation.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..options import IGNORES, NORMS, DirType
+
+Direction = dict[str, torch.Tensor]
+
+
+def target_tensors(model: nn.Module, dir_type: DirType) -> dict[str, torch.Tensor]:
+    """The tensors a direction spans, by name: `parameters()` for weights, the floating-point
+    entries of `state_dict()` (BN running statistics too, not num_batches_tracked) for states."""
+    if dir_type == "weights":
+        return dict(model.named_parameters())
+    if dir_type == "states":
+        return {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+    raise UserError(f"unknown dir_type {dir_type!r}: choose weights or states")
+
+
+def normalize(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
+    """Normalize direction tensor d against weight tensor w in place (see module docstring)."""
+    if norm == "filter":
+        for di, wi in zip(d, w):
+            di.mul_(wi.norm() / (di.norm() + 1e-10))
+    elif norm == "layer":
+        d.mul_(w.norm() / d.norm())
+    elif norm == "weight":
+        d.mul_(w)
+    elif norm == "dfilter":
+        for di in d:
+            di.div_(di.norm() + 1e-10)
+    elif norm == "dlayer":
+        d.div_(d.norm())
+    elif norm != "none":
+        raise UserError(f"unknown normalization {norm!r}: choose one of {', '.join(NORMS)}")
+
+
+def random_direction(
+    tensors: dict[str, torch.Tensor], *, generator: torch.Generator, norm: str = "filter", ignore: str = "biasbn"
+) -> Direction:
+    """A Gaussian direction over `tensors`, drawn on the CPU in float32 (same numbers on any device)."""
+    if norm not in NORMS:
+        raise UserError(f"unknown normalization {norm!r}: choose one of {', '.join(NORMS)}")
+    if ignore not in IGNORES:
+        raise UserError(f"unknown ignore {ignore!r}: choose biasbn or none")
+    out = {}
+    for name, w in tensors.items():
+        w = w.detach().to("cpu", torch.float32)
+        d = torch.randn(w.shape, generator=generator, dtype=torch.float32)
+        if w.dim() <= 1:
+            d = torch.zeros_like(w) if ignore == "biasbn" else w.clone()
+        else:
+            normalize(d, w, norm)
+        out[name] = d
+    return out
+
+
+def random_directions(
+    model: nn.Module,
+    *,
+    seed: int,
+    dir_type: str = "weights",
+    ndim: int = 2,
+    norms: tuple[str, ...] = ("filter", "filter"),
+    ignores: tuple[str, ...] = ("biasbn", "biasbn"),
+) -> list[Direction]:
+    """`ndim` directions from one generator seeded with `seed`: x first, then y."""
+    tensors = target_tensors(model, dir_type)
+    generator = torch.Generator().manual_seed(int(seed))
+    return [random_direction(tensors, generator=generator, norm=norms[i], ignore=ignores[i]) for i in range(ndim)]
+
+
+def check_directions(directions: list[Direction], model: nn.Module, dir_type: str, source: str) -> None:
+    """Directions loaded from a file must match the model's tensor names and shapes."""
+    tensors = target_tensors(model, dir_type)
+    for axis, d in zip("xy", directions):
+        missing = [k for k in tensors if k not in d]
+        extra = [k for k in d if k not in tensors]
+        wrong = [k for k in tensors if k in d and tuple(d[k].shape) != tuple(tensors[k].shape)]
+        if missing or extra or wrong:
+            what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "") + (
+                f" wrong shape {wrong[:3]}" if wrong else ""
+            )
+            raise UserError(
+                f"{axis} direction in {source!r} does not fit the model ({what.strip()}): "
+                "use a direction file made for this model and --dir_type"
+            )
+
+
+def fingerprint(tensors: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> str:
+    """Short SHA-256 of names, shapes and float32 values (identifies θ* or a set of directions)."""
+    h = hashlib.sha256()
+    for group in tensors if isinstance(tensors, list) else [tensors]:
+        for name, t in group.items():
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tensor_layouts(model: nn.Module) -> dict[str, list[tuple[str, tuple]]]:
+    """(name, shape) by position in each tensor order a reference-tool direction file may use."""
+    states = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return {
+        "weights": [(k, tuple(p.shape)) for k, p in model.named_parameters()],
+        "states": states,  # PyTorch >= 0.4.1: num_batches_tracked included
+        "states (PyTorch < 0.4.1)": [(k, s) for k, s in states if not k.endswith("num_batches_tracked")],
+    }
+
+
+def as_arrays(directions: list[Direction]) -> list[dict]:
+    """The directions as numpy arrays (for the surface file)."""
+    return [{k: v.detach().cpu().numpy() for k, v in d.items()} for d in directions]

@@ -1,0 +1,198 @@
+"""The loss surface's evaluator: the task's metrics over each split at θ = θ* + αδ + βη.
+
+θ is written by the one θ writer (core.theta); the metrics come from the task (core.tasks).
+Data stay on the device (or, when they do not fit in half a GPU's free memory, in pinned host
+memory, copied batch by batch); sums are accumulated on the device in float64 and read back
+once per point.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..options import PRECISIONS
+from .bn import BNRecalibration
+from .data import Split
+from .directions import Direction
+from .tasks import Classification, Task
+from .theta import ThetaWriter
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class SurfaceEvaluator:
+    """Loss and accuracy (percent) over each split at a batch of grid coordinates (an
+    engine.Evaluator).
+
+    metrics: ['<split>/loss', '<split>/acc', ...] in the order of the returned columns.
+    points_per_pass K > 1: K perturbed parameter sets stacked once (K × |θ| memory) and
+    evaluated in one forward pass per batch with `vmap(functional_call)`; worth it for
+    models too small to fill a GPU (see bench/)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: dict[str, Split],
+        directions: list[Direction],
+        *,
+        dir_type: str = "weights",
+        loss_name: str = "crossentropy",
+        batch_size: int = 512,
+        device: torch.device | str = "cpu",
+        points_per_pass: int = 1,
+        precision: str = "fp32",
+        compile: bool = False,
+        channels_last: bool = False,
+        bn_calibration: Split | None = None,
+        resident: bool | None = None,
+    ):
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        self.task: Task = Classification(loss_name)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = AUTOCAST_DTYPES[precision]  # autocast of the forward pass; sums stay float64
+        self.compile = compile
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.theta = ThetaWriter(self.model, directions, dir_type)
+        # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
+        self.splits = {name: split.place(self.device, self.memory_format, resident) for name, split in splits.items()}
+        self.batch_size = int(batch_size)
+        self.metrics = [f"{s}/{m}" for s in self.splits for m in self.task.metrics]
+        self.set_points_per_pass(points_per_pass)
+        self.bn = None
+        if bn_calibration is not None:
+            if self.points_per_call > 1:
+                raise UserError("--bn_recompute works one point per pass: leave out --points_per_pass")
+            self.bn = BNRecalibration(self.model, bn_calibration.place(self.device, self.memory_format, resident),
+                                      dir_type=dir_type, batch_size=batch_size)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def set_point(self, coord) -> None:
+        """θ <- θ* + Σ_i coord_i · d_i, in place."""
+        self.theta.write(coord)
+
+    def check_deterministic(self) -> None:
+        """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
+        the forward pass (dropout called with training=True, noise layers) makes every value of
+        the surface noisy."""
+        self.restore()
+        with torch.no_grad():
+            for name, split in self.splits.items():
+                xb, _ = next(split.batches(self.batch_size, self.device))
+                with self.autocast():
+                    a, b = self.forward(xb).float(), self.forward(xb).float()
+                if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                    raise UserError(
+                        f"the model gives different outputs for the same {name!r} inputs in eval mode: remove randomness "
+                        "from its forward pass (F.dropout(..., training=True), noise) or use self.training to switch it off")
+
+    def restore(self) -> None:
+        self.theta.restore()
+        if self.bn is not None:
+            self.bn.restore()
+
+    @torch.no_grad()
+    def evaluate_point(self) -> torch.Tensor:
+        """The metrics of the model as it is ([loss, acc] per split), one device sync."""
+        columns = []
+        for split in self.splits.values():
+            totals = torch.zeros(len(self.task.metrics), dtype=torch.float64, device=self.device)
+            for xb, yb in split.batches(self.batch_size, self.device):
+                with self.autocast():
+                    totals += self.task.sums(self.forward(xb).float(), yb)
+            columns.append(self.task.means(totals, len(split)))
+        return torch.cat(columns)
+
+    def __call__(self, coords: np.ndarray) -> np.ndarray:
+        if self.points_per_call > 1:
+            return np.concatenate([self.evaluate_stack(coords[i : i + self.points_per_call]).cpu().numpy()
+                                   for i in range(0, len(coords), self.points_per_call)])
+        out = np.empty((len(coords), len(self.metrics)))
+        for k, coord in enumerate(coords):
+            self.set_point(coord)
+            if self.bn is not None:
+                self.bn.run(self.forward, self.device, self.autocast)
+            out[k] = self.evaluate_point().cpu().numpy()
+        return out
+
+    def set_points_per_pass(self, k: int) -> None:
+        self.points_per_call = max(1, int(k))
+        if self.points_per_call > 1:
+            self._prepare_stack(self.points_per_call)
+        else:
+            self.stack = None
+
+    def _prepare_stack(self, k: int) -> None:
+        """Room for k parameter sets of the tensors that vary from point to point, allocated once.
+        Targets whose direction is zero in every direction (biases and BN with the default
+        --xignore biasbn) are passed unstacked, at θ*: no K copies of them to hold and write."""
+        from torch.func import functional_call, vmap
+
+        theta = self.theta
+        stacked = theta.varying()
+        self.stack = [torch.empty((k, *theta.targets[i].shape), dtype=theta.targets[i].dtype, device=self.device)
+                      for i in stacked]
+        self.stacked_part = theta.part(stacked)
+        names = [theta.names[i] for i in stacked]
+        fixed = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers()),
+                 **dict(zip(theta.names, theta.origin))}
+        fixed = {n: t for n, t in fixed.items() if n not in names}
+
+        def forward(tensors, inputs):
+            return functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,))
+
+        self.batched_forward = vmap(forward, in_dims=(0, None))
+        if self.compile:
+            self.batched_forward = torch.compile(self.batched_forward)
+
+    @torch.no_grad()
+    def evaluate_stack(self, coords: np.ndarray) -> torch.Tensor:
+        """(k, n_metrics) for k <= points_per_pass coordinates, one forward pass per batch."""
+        k = len(coords)
+        for j, coord in enumerate(coords):
+            ThetaWriter.write_into([s[j] for s in self.stack], coord, self.stacked_part)
+        tensors = [s[:k] for s in self.stack]
+        columns = []
+        for split in self.splits.values():
+            totals = torch.zeros(k, len(self.task.metrics), dtype=torch.float64, device=self.device)
+            for xb, yb in split.batches(self.batch_size, self.device):
+                with self.autocast():
+                    totals += self.task.sums(self.batched_forward(tensors, xb).float(), yb)  # logits (k, batch, classes)
+            columns.append(self.task.means(totals, len(split)))
+        return torch.cat(columns, dim=1)
+
+
+def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) -> int:
+    """Time each K on K points near θ* (best of 2), set and return the K with the least time per
+    point (a K whose stack or activations run out of GPU memory ends the search)."""
+    best, best_time = 1, float("inf")
+    for k in candidates:
+        coords = np.linspace(0, 0.01, 2 * k).reshape(k, 2)[:, : len(evaluator.theta.directions)]
+        seconds = []
+        try:
+            evaluator.set_points_per_pass(k)
+            evaluator(coords[:1])  # warm-up
+            for _ in range(2):
+                t0 = time.perf_counter()
+                evaluator(coords)
+                seconds.append((time.perf_counter() - t0) / k)
+        except torch.OutOfMemoryError:  # k parameter sets and their activations do not fit: stop here
+            evaluator.stack = None
+            if evaluator.device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
+        if min(seconds) < best_time:
+            best, best_time = k, min(seconds)
+    evaluator.restore()
+    evaluator.set_points_per_pass(best)
+    return best

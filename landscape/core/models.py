@@ -1,0 +1,139 @@
+"""Model registry and checkpoint loading.
+
+A model is a registry name (the digits demo models, the CIFAR-10 zoo of landscape.zoo) or
+the user's own factory `package.module:factory` (called with no arguments, returning an
+nn.Module)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from . import zoo
+from .importpath import is_import_path, resolve
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 conv layers with batch norm on 8x8 digits; 9.9k parameters."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(32 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DigitsMLP(nn.Module):
+    """64-64-10 perceptron with ReLU on flattened 8x8 digits."""
+
+    def __init__(self, num_classes: int = 10, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP, **zoo.MODELS}
+
+
+def build_model(name: str, seed: int = 0) -> nn.Module:
+    """The named model (or the one `package.module:factory` returns), initialized from `seed`."""
+    if is_import_path(name):
+        factory = resolve(name, "--model")
+    elif name in MODELS:
+        factory = MODELS[name]
+    else:
+        raise UserError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, "
+                        "or give your own as package.module:factory")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {name!r} returned a {type(model).__name__}, not a torch.nn.Module: "
+                        "make the factory return the network")
+    return model
+
+
+def num_outputs(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> int:
+    """Classes the model predicts, from one forward pass in eval mode on a few `inputs`."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(inputs)
+    except Exception as exc:  # shape or dtype mismatch between model and data
+        raise UserError(f"model {name!r} fails on inputs of shape {tuple(inputs.shape)} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}): use a model made for this dataset") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
+        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"model {name!r} returns {what} for {inputs.shape[0]} inputs: it must return logits "
+                        "of shape (batch, classes)")
+    return int(out.shape[1])
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: a plain state_dict, or one wrapped as {'state_dict': ...} or
+    {'model': ...}, or a whole saved model; `module.` prefixes (DataParallel/DDP) removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: check --model_file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle, zip or torch errors: all mean "not a checkpoint"
+        raise UserError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}): is it a torch.save file?") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if key in obj and isinstance(obj[key], (dict, nn.Module)):
+                obj = obj[key]
+                if isinstance(obj, nn.Module):
+                    obj = obj.state_dict()
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint {str(path)!r} holds no state_dict of tensors")
+    for prefix in ("module.", "_orig_mod."):  # DataParallel / DDP, torch.compile
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into `model`; a mismatch names the missing and unexpected keys.
+
+    BN `num_batches_tracked` counters may be missing (checkpoints of PyTorch < 0.4.1, such
+    as the reference tool's): the model keeps its own."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        def few(keys):
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shapes: {few(wrong)}")
+        raise UserError(f"checkpoint {str(path)!r} does not match the model ({'; '.join(parts)}): check --model and --model_file")
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UserError(f"checkpoint {str(path)!r} has NaN or Inf values in {k!r}: use a checkpoint from before training diverged")
+    model.load_state_dict(state)

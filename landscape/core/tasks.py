@@ -1,0 +1,82 @@
+"""Tasks: what is measured at a point, given a batch and the model's output.
+
+A task returns per-batch sums of each of its metrics (float64 on the device); the evaluator
+adds them over the batches of a split and divides by the number of examples. Losses live
+here, not in the evaluator; the Hessian takes `loss` (summed, differentiable).
+
+`Classification` (the reference tool's): per-example loss and accuracy in percent.
+  crossentropy: −log softmax(z)_y;  mse: mean over classes of (softmax(z) − onehot(y))²
+  (the reference implementation's MSE on softmax outputs);  `package.module:fn(logits,
+  labels) -> summed loss`: the user's own.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..options import LOSS_NAMES
+from .importpath import is_import_path, resolve
+
+
+class Task(Protocol):
+    """The contract every task meets; the surface evaluator and the Hessian use only this."""
+
+    metrics: tuple[str, ...]  # dataset names of the metrics within a split, 'loss' first
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss summed over the batch, differentiable (Hessian-vector products use it)."""
+
+    def sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """float64 sums of each metric over the batch: (m,) for one point, (k, m) for k stacked points."""
+
+    def means(self, totals: torch.Tensor, n: int) -> torch.Tensor:
+        """The metrics of a split from its sums over n examples."""
+
+
+class Classification:
+    """loss (summed per-example loss) and acc (100 · correct) of logits (batch, classes)."""
+
+    metrics = ("loss", "acc")
+
+    def __init__(self, loss_name: str = "crossentropy"):
+        if loss_name not in LOSS_NAMES and not is_import_path(loss_name):
+            raise UserError(f"unknown loss {loss_name!r}: choose one of {', '.join(LOSS_NAMES)}")
+        self.loss_name = loss_name
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum over the batch of the per-example loss (differentiable)."""
+        if self.loss_name == "crossentropy":
+            return F.cross_entropy(logits, labels, reduction="sum")
+        if self.loss_name == "mse":
+            onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+            return (logits.softmax(1) - onehot).pow(2).mean(1).sum()
+        return resolve(self.loss_name, "--loss_name")(logits, labels)
+
+    def stacked_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(k,) sums for k stacked points' logits (k, batch, classes): one kernel sequence for all
+        k with the built-in losses (a loop over the points for the user's own)."""
+        if self.loss_name == "crossentropy":
+            return -logits.log_softmax(-1).gather(-1, labels.expand(len(logits), -1).unsqueeze(-1)).sum((1, 2))
+        if self.loss_name == "mse":
+            onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+            return (logits.softmax(-1) - onehot).pow(2).mean(-1).sum(-1)
+        return torch.stack([self.loss(z, labels) for z in logits])
+
+    def sums(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """float64 [loss sum, correct count] of one point's logits (batch, classes), shape (2,);
+        of k stacked points' logits (k, batch, classes), shape (k, 2)."""
+        loss = self.loss(logits, labels) if logits.dim() == 2 else self.stacked_losses(logits, labels)
+        return torch.stack([loss.double(), (logits.argmax(-1) == labels).sum(-1).double()], dim=-1)
+
+    @staticmethod
+    def means(totals: torch.Tensor, n: int) -> torch.Tensor:
+        """[mean loss, accuracy in percent] from the sums over a split of n examples."""
+        return torch.stack([totals[..., 0] / n, totals[..., 1] * (100.0 / n)], dim=-1)
+
+
+def summed_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Classification(name).loss(logits, labels): the loss summed over the batch."""
+    return Classification(name).loss(logits, labels)

@@ -1,0 +1,132 @@
+"""The distributed grid engine: any per-point evaluator over the points still to do.
+
+Rank 0 orders the missing points coarse-to-fine and cuts them into chunks;
+every rank (rank 0 too) takes the next chunk from an MPI-3 RMA atomic counter
+that lives on rank 0 (`Fetch_and_op`, passive target), so no rank ever waits
+for another between points. Communication per chunk: one 8-byte fetch, one
+8-byte progress add, and with a serial h5py the chunk's values sent to rank 0.
+
+A stop request (SIGTERM, SIGUSR1, SIGINT) makes the rank finish the point in
+hand, write it, and add a large number to the counter, so every other rank
+stops after its current point as well; the run then reports `interrupted`.
+
+Under mpirun (OpenMPI 4.1, measured; tests/integration/test_resume.py): SIGUSR1 sent to
+mpirun is forwarded to every rank at once, and mpirun exits 75. SIGTERM or
+SIGINT sent to mpirun: it waits `odls_base_sigkill_timeout`
+(T, default 1 s), sends SIGTERM to the ranks, waits T again, then SIGKILL; the
+ranks stop cleanly if the point in hand ends within T, but mpirun itself exits
+1 (raise T with OMPI_MCA_odls_base_sigkill_timeout when a point takes longer).
+SIGTERM sent to every rank (srun, a scheduler signalling the job step) gives 75.
+The CLI turns these signals into the flag first thing (see engine.signals).
+
+Debugging knob: LANDSCAPE_SLOW_RANKS="1:3[,2:1.5]" makes rank 1 take 3x as long
+per evaluator call, by sleeping 2x the measured evaluation time after each call
+(for the load-balance benchmark, bench/load_balance.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..core.grid import Grid, chunk_bounds
+from .contract import Evaluator
+from .mpi import world
+from .progress import Progress, RunSummary
+from .signals import StopRequest
+from .writers import writer_for
+
+STOP = 1 << 40  # added to the chunk counter to stop every rank
+
+
+def slow_factor(rank: int) -> float:
+    """This rank's slow-down from LANDSCAPE_SLOW_RANKS ("rank:factor,..."), 1.0 when not listed."""
+    for item in filter(None, os.environ.get("LANDSCAPE_SLOW_RANKS", "").split(",")):
+        r, _, f = item.partition(":")
+        if int(r) == rank:
+            return max(1.0, float(f))
+    return 1.0
+
+
+class SharedCounters:
+    """Two int64 counters on rank 0 [next chunk, points done], updated atomically by any rank."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm
+        self.win = MPI.Win.Allocate(2 * 8 if comm.rank == 0 else 0, 8, comm=comm)
+        if comm.rank == 0:
+            self.win.Lock(0, MPI.LOCK_EXCLUSIVE)
+            self.win.Put(np.zeros(2, dtype=np.int64), 0)
+            self.win.Unlock(0)
+        comm.Barrier()
+
+    def fetch_add(self, slot: int, value: int) -> int:
+        MPI = self.MPI
+        add, old = np.array([value], dtype=np.int64), np.empty(1, dtype=np.int64)
+        self.win.Lock(0, MPI.LOCK_SHARED)
+        self.win.Fetch_and_op(add, old, 0, slot, MPI.SUM)
+        self.win.Unlock(0)
+        return int(old[0])
+
+    def free(self) -> None:
+        self.win.Free()
+
+
+def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str = "mask", chunk: int = 0,
+        parallel_write: bool | None = None, progress: bool = True, label: str = "surface") -> RunSummary:
+    """Evaluate every point of `grid` not yet `done` (flat bool mask) and write it to the prepared
+    file `path`: the datasets named by `evaluator.metrics`, then `mask`."""
+    comm = comm or world()
+    start = time.monotonic()
+    order = grid.coarse_to_fine()
+    todo = order[~done[order]]
+    bounds = chunk_bounds(len(todo), comm.size, chunk)
+    n_chunks = len(bounds) - 1
+    counters = SharedCounters(comm)
+    writer = writer_for(path, comm, evaluator.metrics, mask, parallel_write)
+    bar = Progress(grid.size, int(done.sum()), progress and comm.rank == 0, label)
+    mine, busy, interrupted, nonfinite = 0, 0.0, False, 0
+    step = max(1, int(evaluator.points_per_call))
+    slow = slow_factor(comm.rank)
+    with StopRequest() as stop:
+        while True:
+            if stop.requested:
+                counters.fetch_add(0, STOP)
+                interrupted = True
+                break
+            c = counters.fetch_add(0, 1)
+            if c >= n_chunks:
+                interrupted = c >= STOP
+                break
+            points = todo[bounds[c] : bounds[c + 1]]
+            for i in range(0, len(points), step):
+                sub = points[i : i + step]
+                t0 = time.monotonic()
+                values = evaluator(grid.coords(sub))
+                if slow > 1.0:
+                    time.sleep((slow - 1.0) * (time.monotonic() - t0))
+                busy += time.monotonic() - t0
+                writer.write(sub, values)
+                mine += len(sub)
+                nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
+                total_done = counters.fetch_add(1, len(sub)) + len(sub)
+                if comm.rank == 0:
+                    bar.update(total_done)
+                if stop.requested:
+                    break
+        writer.close()
+    counters.free()
+    stats = comm.gather((mine, busy, interrupted, nonfinite), root=0)
+    result = None
+    if comm.rank == 0:
+        result = RunSummary(
+            total=grid.size, done_before=int(done.sum()), computed=sum(s[0] for s in stats),
+            seconds=time.monotonic() - start, per_rank_points=tuple(s[0] for s in stats),
+            per_rank_busy=tuple(s[1] for s in stats), stopped=any(s[2] for s in stats),
+            nonfinite=sum(s[3] for s in stats))
+        bar.update(result.computed, final=True)
+    return comm.bcast(result, root=0)

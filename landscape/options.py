@@ -1,0 +1,317 @@
+"""Every option of a surface job, defined once: typed fields with their help text.
+
+From these fields come the command-line flags (cli), the YAML job-file validation
+(`build_job`), the README's configuration reference (`reference_table`, kept equal by a test)
+and the keyword arguments of `landscape.api.compute_surface`. Flag names follow the reference
+implementation (`--x=-1:1:51 --xnorm filter --xignore biasbn --dir_type weights ...`); a YAML
+job file uses the same names as keys. Choices are `Literal` types, also used by the modules
+that implement them. Never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Optional, Union, get_args, get_type_hints
+
+import yaml
+
+from .core.grid import Axis
+from .errors import UserError
+
+DirType = Literal["weights", "states"]
+Norm = Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"]
+Ignore = Literal["biasbn", "none"]
+LossName = Literal["crossentropy", "mse"]  # or the user's package.module:function
+Precision = Literal["fp32", "bf16", "fp16"]
+DeviceKind = Literal["auto", "cpu", "cuda"]
+WriteMode = Literal["auto", "parallel", "gather"]
+SubsetMode = Literal["first", "random"]
+SplitName = Literal["train", "test"]
+
+NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
+LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
+GROUPS = ("inputs", "grid", "directions", "evaluation", "run", "hessian", "train", "plot")
+
+
+def option(default, text: str, group: str, **kw):
+    """A job field: its default, its help text (markdown; the README's wording) and its group."""
+    assert group in GROUPS
+    factory = {"default_factory": (lambda: list(default))} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": text, "group": group, **kw})
+
+
+@dataclass
+class Job:
+    """A surface job: every flag of `landscape surface`, grouped as in the reference table."""
+
+    model: str = option("digits_cnn", "`digits_cnn`, `digits_mlp`; CIFAR-10: `resnet20`, `resnet56`, `resnet110` "
+                        "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; or your own "
+                        "`package.module:factory`", "inputs")
+    model_file: Optional[str] = option(None, "checkpoint of θ*: a state_dict, `{'state_dict': ...}` / "
+                                       "`{'model': ...}`, `module.` prefixes, or a saved model; without it the model "
+                                       "is initialized from `--seed`", "inputs")
+    dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`), or your own "
+                          "`package.module:factory`", "inputs")
+    data_dir: Optional[str] = option(None, "`cifar10`: the folder holding `cifar-10-batches-py` (or that folder "
+                                     "itself)", "inputs")
+    splits: list[SplitName] = option(["train"], "splits to evaluate, comma-separated: `train,test`", "inputs")
+    x: str = option("-1:1:51", "x grid `min:max:num`, ends included, e.g. `--x=-1:1:51`", "grid")
+    y: Optional[str] = option(None, "y grid `min:max:num`; leave out for a 1D surface", "grid")
+    dir_type: DirType = option("weights", "`weights`: parameters; `states`: state_dict incl. BN running statistics "
+                               "(a running variance is clamped at 0)", "directions")
+    xnorm: Norm = option("filter", "normalization of the x direction: `filter`, `layer`, `weight`, `dfilter`, "
+                         "`dlayer`, `none`", "directions")
+    ynorm: Optional[Norm] = option(None, "normalization of the y direction (default: `--xnorm`)", "directions")
+    xignore: Ignore = option("biasbn", "`biasbn`: zero direction on 1-D tensors (biases, BN); `none`: their "
+                             "direction is the tensor itself", "directions")
+    yignore: Optional[Ignore] = option(None, "as `--xignore` for y (default: `--xignore`)", "directions")
+    dir_file: Optional[str] = option(None, "take the directions from this surface file (or a directions file of "
+                                     "`landscape import-directions`)", "directions")
+    model_file2: Optional[str] = option(None, "x direction θ₂ − θ₁ (not normalized): the line to a second model; "
+                                        "α = 1 is model 2", "directions")
+    model_file3: Optional[str] = option(None, "y direction θ₃ − θ₁: the plane through three models", "directions")
+    trajectory: Union[str, list[str], None] = option(None, "checkpoints of the run (glob, or a list in the job "
+                                                     "file): PCA directions around `--model_file`; without `--y` "
+                                                     "the grid covers the projected path", "directions")
+    seed: int = option(0, "seed of the directions (x drawn first, then y) and of the initialization without "
+                       "`--model_file`", "directions")
+    loss_name: str = option("crossentropy", "`crossentropy`, `mse` (mean over classes of (softmax − one-hot)², as "
+                            "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
+                            "summed over the batch", "evaluation", choices=LOSS_NAMES)
+    batch_size: int = option(512, "evaluation batch size", "evaluation", minimum=1)
+    points_per_pass: int = option(1, "grid points per forward pass: K parameter sets stacked and evaluated with "
+                                  "`vmap(functional_call)` (K×θ memory); 0: measure 1, 4, 16 at start-up and take "
+                                  "the fastest. For small models on GPUs", "evaluation")
+    bn_recompute: int = option(0, "re-estimate batch-norm statistics at every point from the first N train "
+                               "examples (0: off; see \"Batch norm\")", "evaluation")
+    subset: int = option(0, "evaluate on N examples of each split (0: all), for quick previews; recorded in the "
+                         "file's config and data fingerprint", "evaluation")
+    subset_mode: SubsetMode = option("first", "`first` N examples, or a fixed `random` N (numpy seed 0, kept in "
+                                     "order)", "evaluation")
+    precision: Precision = option("fp32", "`bf16` / `fp16`: autocast of the forward pass (GPUs); losses and sums "
+                                  "stay float32/float64", "evaluation")
+    compile: bool = option(False, "`torch.compile` the model (compiles once per rank at start-up; 1.4–2× faster "
+                           "on CPUs in `bench/`)", "evaluation")
+    channels_last: bool = option(False, "channels-last memory format for conv nets (1.27–1.7× faster on CPUs in "
+                                 "`bench/`)", "evaluation")
+    surf_file: str = option("out/surface.h5", "the surface file to write or resume; its folder must exist", "run")
+    plot: bool = option(True, "draw the figures next to the file once the grid is complete", "run")
+    device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda` (one GPU per rank: local rank % GPUs)", "run")
+    threads: int = option(0, "torch threads per rank; 0: cores per node / ranks per node", "run")
+    chunk: int = option(0, "points per chunk handed to a rank; 0: guided (1/(4·ranks) of what is left, at most "
+                        "16 points)", "run")
+    write: WriteMode = option("auto", "`parallel`: every rank writes (MPI-IO, needs MPI h5py); `gather`: rank 0 "
+                              "writes; `auto`: parallel when possible", "run")
+    force: bool = option(False, "overwrite a file that holds another job", "run")
+    progress: bool = option(True, "rank 0 prints points done, points/s and ETA", "run")
+
+    def axes(self) -> tuple[Axis, Axis | None]:
+        return Axis.parse(self.x, "x"), (Axis.parse(self.y, "y") if self.y else None)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+@dataclass
+class HessianJob:
+    """`landscape hessian SURFACE.h5`: the map's options (model, data and directions come from the file)."""
+
+    stride: int = option(1, "every K-th point of each axis (K must divide num − 1)", "hessian")
+    subset: int = option(512, "train examples (a fixed random draw); 0: the whole split", "hessian")
+    tol: float = option(1e-3, "each end: residual ≤ tol·|λ| + 1e-5·max|λ|", "hessian")
+    max_iter: int = option(100, "at most this many Hessian-vector products per point", "hessian")
+    batch_size: int = option(512, "examples per Hessian-vector product batch", "hessian")
+    force: bool = option(False, "recompute the file's Hessian map (clears only /hessian)", "hessian")
+    threads: int = option(0, "torch threads per rank (0: cores per node / ranks)", "hessian")
+    device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
+    plot: bool = option(True, "draw the Hessian figures once the map is complete", "hessian")
+    progress: bool = option(True, "rank 0 prints points done, points/s and ETA", "hessian")
+
+
+@dataclass
+class TrainJob:
+    """`landscape train`: a demo model trained with SGD (momentum 0.9, weight decay 5e-4)."""
+
+    model: str = option("digits_cnn", "model to train (a registry name or package.module:factory)", "train")
+    dataset: str = option("digits", "dataset whose train split it learns", "train")
+    out_dir: str = option("out/demo/checkpoints", "folder for epoch_000.pt (the initialization) .. epoch_N.pt", "train")
+    epochs: int = option(10, "epochs", "train")
+    seed: int = option(0, "seed of the initialization and of the batch order", "train")
+    lr: float = option(0.05, "learning rate", "train")
+    batch_size: int = option(64, "examples per step", "train")
+
+
+@dataclass
+class PlotJob:
+    """`landscape plot FILE...`: which figures, and how they look (viz.figures takes its defaults here)."""
+
+    out_dir: Optional[str] = option(None, "folder for the figures (default: the file's folder)", "plot")
+    format: str = option("png,pdf", "comma-separated formats: png, pdf, svg", "plot")
+    vmin: Optional[float] = option(None, "lowest loss level (default: the minimum)", "plot")
+    vmax: Optional[float] = option(None, "highest loss level (default: 75th percentile)", "plot")
+    vlevel: Optional[float] = option(None, "spacing of loss levels (decades with --log)", "plot")
+    log: bool = option(False, "log10 of the loss", "plot")
+    cmap: str = option("viridis", "a matplotlib colormap", "plot")
+    dpi: int = option(150, "resolution of raster formats", "plot")
+    kinds: Optional[str] = option(None, "comma-separated: 1d, contour, contourf, heat, 3d, trajectory, hessian "
+                                  "(default: all the file supports)", "plot")
+    splits: Optional[str] = option(None, "comma-separated splits (default: all)", "plot")
+    metrics: Optional[str] = option(None, "comma-separated: loss, acc (default: both)", "plot")
+    compare: bool = option(False, "one figure with a panel per file on one colour scale", "plot")
+    titles: Optional[str] = option(None, "with --compare: comma-separated panel titles, one per file", "plot")
+
+
+FIELDS = {f.name: f for f in fields(Job)}
+TYPES = get_type_hints(Job)
+
+
+def choices(name: str, cls=Job) -> tuple[str, ...]:
+    """The allowed values of a field: its Literal's arguments (or its `choices` metadata)."""
+    f, kind = {f.name: f for f in fields(cls)}[name], get_type_hints(cls)[name]
+    if "choices" in f.metadata:
+        return tuple(f.metadata["choices"])
+    found = [a for a in get_args(kind) if getattr(a, "__origin__", None) is Literal]
+    if getattr(kind, "__origin__", None) is Literal:
+        found = [kind]
+    return tuple(v for lit in found for v in get_args(lit))
+
+
+def is_bool(name: str) -> bool:
+    return TYPES[name] is bool
+
+
+def plain_help(f) -> str:
+    """A field's help text without markdown, for argparse (which formats % itself)."""
+    return f.metadata["help"].replace("`", "").replace("%", "%%")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Job field, default None so that only given flags override the job file."""
+    parser.add_argument("--config", help="YAML job file; flags given here override its keys")
+    groups = {}
+    for name, f in FIELDS.items():
+        group = f.metadata["group"]
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        if is_bool(name):
+            groups[group].add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None,
+                                       help=plain_help(f))
+        else:
+            groups[group].add_argument(f"--{name}", default=None, metavar=name.upper(), help=plain_help(f))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of an options dataclass (HessianJob, TrainJob, PlotJob), typed, with its default."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        kind = hints[f.name]
+        if getattr(kind, "__origin__", None) is Union:  # Optional[X]: X
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
+                                help=plain_help(f))
+        elif choices(f.name, cls):
+            parser.add_argument(f"--{f.name}", default=f.default, choices=choices(f.name, cls), help=plain_help(f))
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=plain_help(f))
+
+
+def from_namespace(cls, args: argparse.Namespace):
+    """An options dataclass from parsed arguments."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def reference_table() -> str:
+    """The README's configuration reference, in markdown, from the fields."""
+    rows = ["| flag / key | default | meaning |", "|---|---|---|", "| `--config` | – | YAML job file; flags override its keys |"]
+    group = None
+    for name, f in FIELDS.items():
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            rows.append(f"| **{group}** | | |")
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_bool(name):
+            flag, shown = f"`--{name}` / `--no-{name}`", "on" if default else "off"
+        else:
+            flag = f"`--{name}`"
+            shown = "–" if default is None else f"`{','.join(default) if isinstance(default, list) else default}`"
+        rows.append(f"| {flag} | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+def convert(name: str, value, default):
+    """Check and convert one value to the type of the field `name`."""
+    if value is None:
+        return None
+    if name == "trajectory" and isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    if name == "splits":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise UserError(f"splits must be a list like train,test, got {value!r}")
+        items = [str(s).strip() for s in items]
+        for s in items:
+            if s not in SPLITS:
+                raise UserError(f"unknown split {s!r}: choose train and/or test, e.g. --splits train,test")
+        return items
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a whole number, got {value!r}") from None
+        minimum = FIELDS[name].metadata.get("minimum", 0)
+        if number < minimum:
+            raise UserError(f"{name} must be {'positive' if minimum == 1 else '>= 0'}, got {number}")
+        return number
+    value = str(value)
+    allowed = choices(name)
+    if allowed and value not in allowed and not (name == "loss_name" and ":" in value):
+        raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def read_job_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"job file {path!r} does not exist: check --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"job file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"job file {path!r} must be a mapping of keys to values, like 'model: digits_cnn'")
+    return data
+
+
+def build_job(values: dict, source: str = "job") -> Job:
+    """A validated Job from a mapping of field names to values (None: keep the default)."""
+    names = list(FIELDS)
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f": did you mean {close[0]!r}?" if close else f": known keys are {', '.join(names)}"
+            raise UserError(f"unknown key {key!r} in {source}{hint}")
+    job = Job()
+    for f in fields(Job):
+        value = convert(f.name, values.get(f.name), getattr(job, f.name))
+        if value is not None:
+            setattr(job, f.name, value)
+    job.axes()  # grid specs are valid
+    return job
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    """YAML job file (if any) overridden by the flags that were given."""
+    values = read_job_file(args.config) if args.config else {}
+    job = build_job(values, args.config or "job")
+    given = {f.name: getattr(args, f.name) for f in fields(Job) if getattr(args, f.name, None) is not None}
+    merged = {**asdict(job), **given}
+    return build_job(merged, "command line")

@@ -1,0 +1,142 @@
+"""`landscape info SURFACE.h5`: a short textual summary of a surface file (never imports torch).
+
+Grid, completion (of the surface and of its Hessian map), per split the minimum loss and where,
+the loss at the centre and the sharpness along each axis, non-finite values, the trajectory and
+the provenance (fingerprints, directions, seed, versions, the config's model and data).
+
+Sharpness, per split and axis, around the centre c: the grid point nearest (0, 0), i.e. θ* (on
+an axis that does not contain 0, its middle point). Two numbers, the other coordinate at c:
+  - rise (− / + side): L(p) − L(c) at the grid point p nearest halfway from c to each end of the
+    axis (α = ±0.5 on a −1:1 grid), taken among the points on that side of c;
+  - curvature: the central second difference (L(c − h) − 2 L(c) + L(c + h)) / h², h the grid step.
+A value whose points are not computed (or not finite) is shown as n/a.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.surface_file import read_surface
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.4g}"
+
+
+def _has_zero(c: np.ndarray) -> bool:
+    return min(c[0], c[-1]) <= 0 <= max(c[0], c[-1])
+
+
+def _centre(c: np.ndarray) -> int:
+    """Index of the coordinate nearest 0 (θ*), or the middle one when 0 is outside the axis."""
+    return int(np.argmin(np.abs(c))) if _has_zero(c) else len(c) // 2
+
+
+def _at(loss, idx):
+    v = loss[idx]
+    return float(v) if np.isfinite(v) else None
+
+
+def sharpness(coords: np.ndarray, line: np.ndarray, i: int) -> dict:
+    """Rise (−, +) at the points halfway to each end and the curvature at index i of one axis's
+    loss line (NaN where not computed)."""
+    c, lc = coords[i], _at(line, i)
+    out = {"rise": [None, None], "curvature": None}
+    if lc is None:
+        return out
+    for k, side in enumerate((np.arange(i), np.arange(i + 1, len(coords)))):  # the points on each side
+        if len(side):
+            end = coords[side[0] if k == 0 else side[-1]]
+            j = side[np.argmin(np.abs(coords[side] - (c + (end - c) / 2)))]
+            v = _at(line, j)
+            out["rise"][k] = None if v is None else v - lc
+    if 0 < i < len(coords) - 1:
+        lo, hi = _at(line, i - 1), _at(line, i + 1)
+        h = (coords[i + 1] - coords[i - 1]) / 2
+        if lo is not None and hi is not None and h:
+            out["curvature"] = (lo - 2 * lc + hi) / h ** 2
+    return out
+
+
+def _range(c: np.ndarray) -> str:
+    step = f", step {_fmt((c[-1] - c[0]) / (len(c) - 1))}" if len(c) > 1 else ""
+    return f"{_fmt(c[0])} .. {_fmt(c[-1])}, {len(c)} points{step}"
+
+
+def _directions(source: dict) -> str:
+    if "trajectory" in source:
+        return f"PCA of {len(source['trajectory'])} checkpoints"
+    if "models" in source:
+        text = "from models: " + ", ".join(str(m) for m in source["models"])
+        if "random_y" in source:
+            text += f"; y random (seed {source['random_y'].get('seed')})"
+        return text
+    if "seed" in source:
+        return (f"random Gaussian (seed {source['seed']}, norm {'/'.join(source.get('norm', []))}, "
+                f"ignore {'/'.join(source.get('ignore', []))})")
+    return "given (a --dir_file or the API)" if source else "–"
+
+
+def info(path) -> str:
+    """The summary of surface file `path` as text (raises UserError for a file that is not one)."""
+    surf = read_surface(path)
+    prov = surf.provenance
+    job, config = prov.job, prov.config
+    two_d = surf.y is not None
+    lines = [f"{path}: {'2D' if two_d else '1D'} surface"]
+    lines.append(f"  x: {_range(surf.x)}")
+    if two_d:
+        lines.append(f"  y: {_range(surf.y)}")
+    n, total = int(surf.mask.sum()), surf.mask.size
+    lines.append(f"  completion: {n}/{total} points ({100 * n / total:.1f}%)")
+    if surf.hessian_mask is not None:
+        h, ht = int(surf.hessian_mask.sum()), surf.hessian_mask.size
+        stride = surf.hessian_stride
+        lines.append(f"  hessian map: {h}/{ht} points ({100 * h / ht:.1f}%)" + (f", stride {stride}" if stride else ""))
+    ix = _centre(surf.x)
+    iy = _centre(surf.y) if two_d else None
+    centre = (ix,) if not two_d else (iy, ix)
+    where = f"α = {_fmt(surf.x[ix])}" + (f", β = {_fmt(surf.y[iy])}" if two_d else "")
+    at_zero = _has_zero(surf.x) and (not two_d or _has_zero(surf.y))
+    lines.append(f"  centre: {where} ({'θ*' if at_zero else 'middle of the grid'}); sharpness: the rise "
+                 "halfway to each end of an axis and the curvature, at the centre")
+    for sp, metrics in surf.values.items():
+        bad = sum(int((surf.mask & ~np.isfinite(v)).sum()) for v in metrics.values())
+        text = f"  {sp}:"
+        if "loss" in metrics:
+            loss = np.where(surf.mask, metrics["loss"], np.nan)
+            finite = np.isfinite(loss)
+            if finite.any():
+                k = np.unravel_index(int(np.nanargmin(np.where(finite, loss, np.inf))), loss.shape)
+                at = f"α = {_fmt(surf.x[k[-1]])}" + (f", β = {_fmt(surf.y[k[0]])}" if two_d else "")
+                text += f" min loss {_fmt(loss[k])} at ({at});"
+            text += f" loss at centre {_fmt(_at(loss, centre))};"
+            if "acc" in metrics:
+                text += f" acc at centre {_fmt(_at(np.where(surf.mask, metrics['acc'], np.nan), centre))}%;"
+            text += f" non-finite {bad}"
+            lines.append(text)
+            axes = [("α", surf.x, loss if not two_d else loss[iy, :], ix)]
+            if two_d:
+                axes.append(("β", surf.y, loss[:, ix], iy))
+            for name, coords, line, i in axes:
+                s = sharpness(coords, line, i)
+                lines.append(f"    sharpness along {name}: rise {_fmt(s['rise'][0])} / {_fmt(s['rise'][1])} "
+                             f"(− / + side), curvature {_fmt(s['curvature'])}")
+        else:
+            lines.append(text + f" no loss; non-finite {bad}")
+    if surf.trajectory is not None:
+        t = surf.trajectory
+        ev = t.explained_variance
+        lines.append(f"  trajectory: {len(t.off_plane)} checkpoints, PC1 {100 * ev[0]:.1f}%, PC2 {100 * ev[1]:.1f}% "
+                     f"of variance, largest off-plane distance {_fmt(float(np.max(t.off_plane)))}")
+    lines.append("  provenance:")
+    keys = ("model", "model_file", "model_file2", "model_file3", "dir_file", "dataset")
+    given = [f"{k} {config[k]}" for k in keys if config.get(k)]
+    given += [f"{k} {job[k]}" for k in ("loss_name", "dir_type") if k in job]
+    lines.append(f"    job: {', '.join(given) or '–'}")
+    data = job.get("data_fingerprint", {})
+    lines.append(f"    fingerprints: model {job.get('model_fingerprint', '–')}, directions "
+                 f"{job.get('directions_fingerprint', '–')}"
+                 + "".join(f", {k} data {v}" for k, v in (data.items() if isinstance(data, dict) else [])))
+    lines.append(f"    directions: {_directions(job.get('directions', {}))}")
+    lines.append(f"    seed {prov.seed}; versions: {prov.versions}")
+    return "\n".join(lines)
