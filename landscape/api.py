@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__, engine, options
-from .analysis.hessian import ATOL, START_SEED, HessianEvaluator, memory_budget, sub_grid, unconverged
+from .analysis.hessian import ATOL, START_SEED, HessianEvaluator, memory_budget, plan_memory, sub_grid, unconverged
 from .analysis.trajectory import ModelDirections, job_directions, record_checkpoint_losses
 from .core.data import SUBSET_SEED, Split, as_splits, check_labels, load_dataset
 from .core.data import subset as subset_of
@@ -36,10 +36,10 @@ from .core.directions import (
     target_tensors,
     tensor_layouts,
 )
-from .core.evaluate import SurfaceEvaluator, fastest_points_per_pass
+from .core.evaluate import Evaluation, fastest_points_per_pass
 from .core.grid import Grid
 from .core.importpath import check_loss, is_import_path
-from .core.models import build_model, load_checkpoint, num_outputs
+from .core.models import Snapshot, batch_statistics, build_model, code_identity, device_of, load_checkpoint, num_outputs, run_model
 from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
@@ -59,6 +59,8 @@ class SurfaceResult:
     directions: list[Direction]
     path: str | None
     summary: engine.RunSummary | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()  # choices made at start-up (points per pass), for the caller to show
+    evaluation: Evaluation | None = field(default=None, repr=False)  # how the points were evaluated
 
     @property
     def nonfinite(self) -> int:
@@ -105,17 +107,20 @@ def surface_options(given: dict) -> options.Job:
 
 
 def compute_surface(model: nn.Module, data, *, directions: list[Direction] | None = None, surf_file=None,
-                    device: str | torch.device = "cpu", comm=None, bn_calibration: Split | None = None,
+                    device: str | torch.device | None = None, comm=None, bn_calibration: Split | None = None,
                     attrs: dict | None = None, extra: dict | None = None, source: dict | None = None,
-                    **opts) -> SurfaceResult:
+                    model_code: str | None = None, **opts) -> SurfaceResult:
     """Loss and accuracy of `model` at θ* + αδ (+ βη) over the grid, on every rank of `comm`.
 
     `opts`: the options in SURFACE_OPTIONS (x, y, xnorm, batch_size, ...; see the README's
     reference). Directions are drawn from `seed` (see core.directions) unless given. Writes (or
-    resumes) `surf_file`; without one, a temporary file is used and removed. `extra`: more
-    datasets for the new file ({path: array}); `source`: how given directions were made."""
+    resumes) `surf_file`; without one, a temporary file is used and removed. `device`: default
+    the model's own. The model is left exactly as it was (device, memory format, values, flags).
+    `extra`: more datasets for the new file ({path: array}); `source`: how given directions were
+    made; `model_code`: what identifies the model's code (default: its class's source)."""
     job = surface_options(opts)
     comm = comm or engine.world()
+    device = device_of(model) if device is None else torch.device(device)
     axes = [a for a in job.axes() if a is not None]
     grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
     splits = as_splits(data)
@@ -130,14 +135,32 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
             raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
         check_directions(directions, model, job.dir_type, "the given directions")
         source = source or {"given": True}
-    was_training = model.training  # the model is left as it was (the evaluator switches it to eval mode)
-    evaluator = SurfaceEvaluator(model, splits, directions, dir_type=job.dir_type, loss_name=job.loss_name,
-                                 batch_size=job.batch_size, device=device, points_per_pass=max(job.points_per_pass, 1),
-                                 precision=job.precision, compile=job.compile, channels_last=job.channels_last,
-                                 bn_calibration=bn_calibration)
-    engine.on_root(comm, evaluator.check_deterministic)
-    if job.points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
-        evaluator.set_points_per_pass(engine.on_root(comm, lambda: fastest_points_per_pass(evaluator)))
+    evaluation = Evaluation(job.dir_type, job.loss_name, job.batch_size, job.precision, job.compile,
+                            job.channels_last, bn_calibration)
+    snapshot = Snapshot(model)  # the model is left as it was; the evaluator moves it and sets eval mode
+    if not is_import_path(job.loss_name):  # a built-in loss takes class indices below the number of outputs
+        def class_indices():
+            try:
+                classes = num_outputs(model, next(iter(splits.values())).inputs[:4].to(device_of(model)))
+            finally:
+                snapshot.restore()
+            return {name: check_labels(s, classes, name) for name, s in splits.items()}
+
+        splits = engine.on_all(comm, class_indices)
+    sharing = ranks_per_device(comm, device)  # collective; ranks on one GPU share its memory
+    evaluator = evaluation.evaluator(model, splits, directions, device, points_per_pass=max(job.points_per_pass, 1),
+                                     sharing=sharing)
+    notes = []
+    try:
+        engine.on_root(comm, evaluator.check_deterministic)
+        if job.points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
+            k, note = engine.on_root(comm, lambda: fastest_points_per_pass(evaluator))
+            evaluator.set_points_per_pass(k)
+            notes.append(note)
+    except BaseException:
+        evaluator.restore()
+        snapshot.restore()
+        raise
     tmpdir = None
     if surf_file is None:
         tmpdir = engine.on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
@@ -148,7 +171,10 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
         "splits": list(splits), "loss_name": job.loss_name, "dir_type": job.dir_type, "directions": source,
         "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
+        "precision": job.precision, "model_code": model_code or code_identity(model),
     }
+    if bn_calibration is not None or batch_statistics(model):  # then the values depend on the batches
+        identity["batch_size"] = job.batch_size
 
     def prepare():
         identity.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
@@ -158,22 +184,24 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         return surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
                                     attrs=meta, extra=extra, force=job.force)
 
+    # a temporary file lies on rank 0's node only: then rank 0 alone writes it (gather)
+    parallel = False if tmpdir is not None else {"auto": None, "parallel": True, "gather": False}[job.write]
+
     def run(done):
         return engine.run(evaluator, grid, path, done, comm=comm, chunk=job.chunk, progress=job.progress,
-                          parallel_write={"auto": None, "parallel": True, "gather": False}[job.write])
+                          parallel_write=parallel)
 
     try:
         summary = engine.locked_run(comm, path, prepare, run)
     finally:
         evaluator.restore()
-        model.train(was_training)
-    values, mask = surface_file.read_values(path, evaluator.metrics)
-    if tmpdir is not None:
-        comm.Barrier()
-        if comm.rank == 0:
-            path.unlink()
-            os.rmdir(tmpdir)
-    return SurfaceResult(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary)
+        snapshot.restore()
+    values, mask = engine.on_root(comm, lambda: surface_file.read_values(path, evaluator.metrics))
+    if tmpdir is not None and comm.rank == 0:
+        path.unlink()
+        os.rmdir(tmpdir)
+    return SurfaceResult(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary,
+                         tuple(notes), evaluation)
 
 
 # ---------------------------------------------------------------- jobs of the CLI
@@ -183,22 +211,18 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     """The model (θ* loaded, eval mode), the job's splits and this rank's device, checked;
     a mistake found on any rank stops every rank."""
     set_threads(job.threads, comm)
-    device = pick_device(job.device, comm)
+    device = engine.on_all(comm, lambda: pick_device(job.device, comm))  # collective; a mistake stops every rank
 
     def load():
         model = build_model(job.model, seed=job.seed)
         if job.model_file:
             load_checkpoint(model, job.model_file)
-        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits)
-        if job.subset:
-            splits = {name: subset_of(s, job.subset, job.subset_mode, name) for name, s in splits.items()}
+        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode))
         sample = splits[job.splits[0]]
-        num_classes = num_outputs(model, sample.inputs[:4], job.model)
-        for name, s in splits.items():
-            check_labels(s, num_classes, name)
         if is_import_path(job.loss_name):
-            with torch.no_grad():
-                check_loss(job.loss_name, model(sample.inputs[:4]), sample.labels[:4])
+            check_loss(job.loss_name, run_model(model, sample.inputs[:4], job.model), sample.labels[:4])
+        else:
+            num_outputs(model, sample.inputs[:4], job.model)  # labels are checked by compute_surface
         return model, splits
 
     model, splits = engine.on_all(comm, load)
@@ -207,12 +231,17 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     return model, splits, device
 
 
-def calibration_split(job: options.Job) -> Split | None:
-    """The first job.bn_recompute train examples (before any --subset), or None."""
-    if not job.bn_recompute:
+def calibration_split(job: options.Job, train: Split | None = None) -> Split | None:
+    """The first job.bn_recompute train examples (before any --subset), or None: a view of `train`,
+    the job's loaded train split, when it holds them (no --subset, or --subset_mode first with at
+    least as many); else only those examples are read."""
+    n = job.bn_recompute
+    if not n:
         return None
-    train = load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"])["train"]
-    return subset_of(train, job.bn_recompute, "first", "train", "--bn_recompute")
+    if train is not None and (not job.subset or (job.subset_mode == "first" and job.subset >= n)):
+        return subset_of(train, n, "first", "train", "--bn_recompute")
+    return load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"], subset=(n, "first"),
+                        flag="--bn_recompute")["train"]
 
 
 def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
@@ -240,11 +269,11 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
     opts = {**{k: getattr(job, k) for k in SURFACE_OPTIONS}, "x": chosen.x, "y": chosen.y}
     result = compute_surface(
         model, splits, directions=chosen.directions, surf_file=job.surf_file, device=device, comm=comm,
-        bn_calibration=calibration_split(job), attrs={"config": job.to_yaml()}, extra=chosen.extra,
-        source=chosen.source, **opts)
+        bn_calibration=calibration_split(job, splits.get("train")), attrs={"config": job.to_yaml()}, extra=chosen.extra,
+        source=chosen.source, model_code=code_identity(model, job.model), **opts)
     if comm.rank == 0 and chosen.trajectory is not None and result.summary.complete:
-        record_checkpoint_losses(job.surf_file, model, splits, chosen.trajectory, result.directions,
-                                 loss_name=job.loss_name, batch_size=job.batch_size, device=device)
+        record_checkpoint_losses(job.surf_file, model, splits, chosen.trajectory, result.directions, result.evaluation,
+                                 device)
     return result
 
 
@@ -269,9 +298,12 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         stored = engine.on_root(comm, lambda: surface_file.read_job(path))
         grid = sub_grid(stored.x, stored.y, int(stride))
         job = options.build_job(stored.provenance.config, f"the config stored in {str(path)!r}")
-        if job.model_file and not Path(job.model_file).is_file():
-            raise UserError(f"the surface's checkpoint {job.model_file!r} (from its stored config) is not found from "
-                            f"{os.getcwd()!r}: run landscape hessian in the folder the surface job ran in")
+        def checkpoint_here():  # every rank looks on its own node; one missing stops all
+            if job.model_file and not Path(job.model_file).is_file():
+                raise UserError(f"the surface's checkpoint {job.model_file!r} (from its stored config) is not found "
+                                f"from {os.getcwd()!r}: run landscape hessian in the folder the surface job ran in")
+
+        engine.on_all(comm, checkpoint_here)
         job = dataclasses.replace(job, splits=["train"], threads=int(threads), device=device)
         model, splits, dev = load_inputs(job, comm)
         data = subset_of(splits["train"], int(subset), "random", "train")
@@ -302,17 +334,24 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         "stride": int(stride), "subset": int(subset), "subset_size": len(h.data), "subset_seed": SUBSET_SEED,
         "subset_draw": "numpy RandomState(subset_seed), sorted", "split": "train", "loss_name": job.loss_name,
         "tol": float(tol), "max_iter": int(max_iter), "batch_size": int(batch_size), "start_seed": START_SEED,
+        "precision": job.precision, "bn_recompute": job.bn_recompute,
         "atol": ATOL, "params": "all trainable parameters", "hvp": "double backward, float64 sum over batches",
         "solver": "lanczos, full reorthogonalization",
     }
-    evaluator = HessianEvaluator(model, h.data, h.directions, dir_type=job.dir_type, loss_name=job.loss_name,
-                                 batch_size=batch_size, device=h.device, tol=tol, max_iter=max_iter,
-                                 memory=memory_budget(h.device, ranks_per_device(comm, h.device)))
+    sharing = ranks_per_device(comm, h.device)  # collective
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    memory = engine.on_all(comm, lambda: plan_memory(n, max_iter, memory_budget(h.device, sharing)))  # before any work
+    evaluation = Evaluation(job.dir_type, job.loss_name, job.batch_size, job.precision,
+                            bn_calibration=calibration_split(job, h.train))  # the surface's own, from its config
+    evaluator = HessianEvaluator(model, h.data, h.directions, evaluation=evaluation, batch_size=batch_size,
+                                 device=h.device, tol=tol, max_iter=max_iter,
+                                 memory=memory)
 
     def prepare():
         return surface_file.prepare_group(path, surface_file.HESSIAN, h.grid, evaluator.metrics, settings,
                                           mask=surface_file.HESSIAN_MASK, force=force,
-                                          attrs={"versions": f"landscape {__version__}, torch {torch.__version__}"})
+                                          attrs={"versions": f"landscape {__version__}, torch {torch.__version__}",
+                                                 "ratio": surface_file.HESSIAN_RATIO})
 
     def run(done):
         return engine.run(evaluator, h.grid, path, done, comm=comm, mask=surface_file.HESSIAN_MASK, chunk=chunk,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional, Union, get_args, get_type_hints
@@ -33,6 +34,17 @@ SplitName = Literal["train", "test"]
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
 LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
 GROUPS = ("inputs", "grid", "directions", "evaluation", "run", "hessian", "train", "plot")
+
+
+BASE_60 = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+
+
+class JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: `x: -1:1:51` stays the string '-1:1:51'."""
+
+    yaml_implicit_resolvers = {
+        first: ([("tag:yaml.org,2002:str", BASE_60)] if first in tuple("-+0123456789") else []) + resolvers
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def option(default, text: str, group: str, **kw):
@@ -137,10 +149,10 @@ class TrainJob:
     model: str = option("digits_cnn", "model to train (a registry name or package.module:factory)", "train")
     dataset: str = option("digits", "dataset whose train split it learns", "train")
     out_dir: str = option("out/demo/checkpoints", "folder for epoch_000.pt (the initialization) .. epoch_N.pt", "train")
-    epochs: int = option(10, "epochs", "train")
+    epochs: int = option(10, "passes over the train split, a checkpoint after each", "train")
     seed: int = option(0, "seed of the initialization and of the batch order", "train")
-    lr: float = option(0.05, "learning rate", "train")
-    batch_size: int = option(64, "examples per step", "train")
+    lr: float = option(0.05, "SGD learning rate", "train")
+    batch_size: int = option(64, "examples per SGD step", "train")
 
 
 @dataclass
@@ -206,16 +218,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per field of an options dataclass (HessianJob, TrainJob, PlotJob), typed, with its default."""
     hints = get_type_hints(cls)
     for f in fields(cls):
-        kind = hints[f.name]
+        kind, text = hints[f.name], plain_help(f) + ("" if f.default is None else " (default: %(default)s)")
         if getattr(kind, "__origin__", None) is Union:  # Optional[X]: X
             kind = next(a for a in get_args(kind) if a is not type(None))
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
-                                help=plain_help(f))
+                                help=text)
         elif choices(f.name, cls):
-            parser.add_argument(f"--{f.name}", default=f.default, choices=choices(f.name, cls), help=plain_help(f))
+            parser.add_argument(f"--{f.name}", default=f.default, choices=choices(f.name, cls), help=text)
         else:
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=plain_help(f))
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=text)
 
 
 def from_namespace(cls, args: argparse.Namespace):
@@ -261,6 +273,8 @@ def convert(name: str, value, default):
             return value
         raise UserError(f"{name} must be true or false, got {value!r}")
     if isinstance(default, int):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise UserError(f"{name} must be a whole number, got {value!r}")
         try:
             number = int(value)
         except (TypeError, ValueError):
@@ -281,7 +295,7 @@ def read_job_file(path: str) -> dict:
     if not p.is_file():
         raise UserError(f"job file {path!r} does not exist: check --config")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=JobLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"job file {path!r} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
@@ -291,27 +305,62 @@ def read_job_file(path: str) -> dict:
     return data
 
 
-def build_job(values: dict, source: str = "job") -> Job:
-    """A validated Job from a mapping of field names to values (None: keep the default)."""
+def given_values(values: dict, source: str = "job") -> dict:
+    """The checked, converted values of a mapping that differ from the defaults (None: not given)."""
     names = list(FIELDS)
     for key in values:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f": did you mean {close[0]!r}?" if close else f": known keys are {', '.join(names)}"
             raise UserError(f"unknown key {key!r} in {source}{hint}")
-    job = Job()
-    for f in fields(Job):
-        value = convert(f.name, values.get(f.name), getattr(job, f.name))
-        if value is not None:
-            setattr(job, f.name, value)
+    defaults, given = Job(), {}
+    for name in names:
+        value = convert(name, values.get(name), getattr(defaults, name))
+        if value is not None and value != getattr(defaults, name):
+            given[name] = value
+    return given
+
+
+def build_job(values: dict, source: str = "job") -> Job:
+    """A validated Job from a mapping of field names to values (None, or the default: not given)."""
+    given = given_values(values, source)
+    job = Job(**given)
     job.axes()  # grid specs are valid
+    refuse_ignored(job, set(given))
     return job
+
+
+RANDOM_OPTIONS = ("xnorm", "ynorm", "xignore", "yignore", "seed")
+
+
+def refuse_ignored(job: Job, given: set[str]) -> None:
+    """Refuse the options in `given` (set to a non-default value) that the job would silently ignore
+    (the rules of analysis.trajectory.job_directions and api.load_inputs)."""
+    if "data_dir" in given and job.dataset != "cifar10":
+        raise UserError(f"--data_dir is read only by --dataset cifar10, not {job.dataset!r}: leave out --data_dir")
+    not_random = {"dir_file": "the directions come from that file",
+                  "model_file2": f"x is θ₂ − θ₁{' and y is θ₃ − θ₁' if job.model_file3 else ''}, not drawn at random",
+                  "trajectory": "the directions are the checkpoints' PCA directions"}
+    source = next((k for k in not_random if getattr(job, k)), None)
+    used = set(RANDOM_OPTIONS) if source is None else set()
+    if source == "trajectory":
+        used = {"xignore"}  # PCA leaves out 1-D tensors with biasbn
+    if source == "model_file2" and job.y and not job.model_file3:  # y is drawn at random (x first, from seed)
+        used = {"seed", "ynorm" if job.ynorm else "xnorm", "yignore" if job.yignore else "xignore"}
+    if not job.model_file:
+        used.add("seed")  # the model is initialized from it
+    for key in RANDOM_OPTIONS:
+        if key in given and key not in used:
+            why = not_random[source] + (", and θ* comes from --model_file" if key == "seed" else "")
+            raise UserError(f"--{key} is ignored with --{source}: {why}; leave out --{key}")
+    for key in ("ynorm", "yignore"):
+        if key in given and not job.y:
+            raise UserError(f"--{key} is for the y direction of a 2D surface: add --y (e.g. --y=-1:1:51) or leave "
+                            f"out --{key}")
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
     """YAML job file (if any) overridden by the flags that were given."""
-    values = read_job_file(args.config) if args.config else {}
-    job = build_job(values, args.config or "job")
-    given = {f.name: getattr(args, f.name) for f in fields(Job) if getattr(args, f.name, None) is not None}
-    merged = {**asdict(job), **given}
-    return build_job(merged, "command line")
+    values = given_values(read_job_file(args.config), args.config) if args.config else {}
+    flags = {f.name: getattr(args, f.name) for f in fields(Job) if getattr(args, f.name, None) is not None}
+    return build_job({**values, **flags}, "command line")

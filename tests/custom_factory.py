@@ -110,3 +110,77 @@ class HungryFarOut(torch.nn.Module):
 
 def hungry_far_out():
     return HungryFarOut()
+
+
+def summed_squared_error(outputs, targets):
+    """A regression loss for float targets: Σ (f(x) − y)² over the batch (single output)."""
+    return (outputs.squeeze(-1) - targets).pow(2).sum()
+
+
+class FailsMidRun(torch.nn.Module):
+    """Fails on MPI rank FAIL_RANK (environment) from its FAIL_AFTER-th forward pass on: a rank that
+    dies in the middle of a run."""
+
+    def __init__(self):
+        super().__init__()
+        import os
+
+        self.fc = torch.nn.Linear(64, 10)
+        self.calls = 0
+        self.fail = os.environ.get("OMPI_COMM_WORLD_RANK") == os.environ.get("FAIL_RANK", "none")
+        self.after = int(os.environ.get("FAIL_AFTER", "0"))
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail and self.calls > self.after:
+            raise RuntimeError("injected failure")
+        return self.fc(x.flatten(1))
+
+
+def fails_mid_run():
+    torch.manual_seed(0)
+    return FailsMidRun()
+
+
+class SlowNet(torch.nn.Module):
+    """A linear model that takes PAUSE seconds per forward pass and writes its rank's pid to
+    PID_DIR/rank<r>.pid, so a test can signal one rank."""
+
+    def __init__(self):
+        super().__init__()
+        import os
+
+        self.fc = torch.nn.Linear(64, 10)
+        self.pause = float(os.environ.get("PAUSE", "0.1"))
+        folder = os.environ.get("PID_DIR")
+        if folder:
+            with open(os.path.join(folder, f"rank{os.environ.get('OMPI_COMM_WORLD_RANK', '0')}.pid"), "w") as f:
+                f.write(str(os.getpid()))
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.pause)
+        return self.fc(x.flatten(1))
+
+
+def slow_net():
+    torch.manual_seed(0)
+    return SlowNet()
+
+
+def hangs_on_rank_one():
+    """A factory that never returns on MPI rank 1 (a file system that hangs on one node)."""
+    import os
+    import time
+
+    if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
+        time.sleep(3600)
+    return slow_net()
+
+
+def wide_net():
+    """2.2 million parameters on 8×8 digits: a Lanczos basis of 10⁵ vectors would take terabytes."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 30000), torch.nn.ReLU(),
+                               torch.nn.Linear(30000, 10))

@@ -1,28 +1,34 @@
 """Hessian eigenvalue maps: λmax, λmin (and |λmin/λmax|) of the loss at θ* + αδ + βη.
 
 - `HessianVectorProduct`: v ↦ H v, H = ∇²_θ L(θ), L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i) over a data
-  subset, θ = every trainable parameter of the model as it is now. Double backward: per batch b,
-  g_b = ∇_θ Σ_{i∈b} ℓ_i is built with create_graph=True, then H v = (1/n) Σ_b ∂(g_b·v)/∂θ (one
-  more backward with grad_outputs=v), summed over batches in float64. The graphs g_b are kept
-  between products for as many batches as fit the memory budget (bench/README.md, digits_cnn on
-  the CPU: 5.0 forward passes per product kept, 7.1–8.5 rebuilt, 6.4–10 with torch.func jvp(grad)).
+  subset, θ = every trainable parameter of the model as it is now (a tied one once: `parameters()`);
+  floating-point inputs are cast to θ's dtype, integer ones (token ids) are left as they are.
+  Double backward: per batch b, g_b = ∇_θ Σ_{i∈b} ℓ_i is built with create_graph=True, then
+  H v = (1/n) Σ_b ∂(g_b·v)/∂θ (one more backward with grad_outputs=v), summed over batches in
+  float64. The graphs g_b are kept between products for as many batches as fit the memory budget
+  (bench/README.md, digits_cnn on the CPU: 5.0 forward passes per product kept, 7.1–8.5 rebuilt,
+  6.4–10 with torch.func jvp(grad)).
 - `lanczos`: λmax and λmin in ONE Lanczos run, full reorthogonalization, float64.
 - `HessianEvaluator`: the per-point evaluator that engine.run maps over the surface's grid
   (the job itself, model, data and directions rebuilt from the file, is `landscape.api.hessian_map`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core.bn import BNRecalibration
 from ..core.data import Split
+from ..core.device import free_memory
+from ..core.evaluate import AUTOCAST_DTYPES, Evaluation
 from ..core.grid import Grid
-from ..core.tasks import Classification
+from ..core.models import Snapshot
+from ..core.tasks import Classification, logits_of
 from ..core.theta import ThetaWriter
 from ..errors import UserError
 from ..io.surface_file import HESSIAN_METRICS
@@ -49,16 +55,27 @@ def saved_bytes(fn):
 
 
 def memory_budget(device: torch.device, sharing: int = 1) -> int:
-    """Bytes of kept gradient graphs allowed: half the free GPU memory, a quarter of the free host
+    """Bytes this rank may plan with: half the free GPU memory, a quarter of the free host
     memory, divided among the `sharing` processes that use the same device."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0] // 2
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-        except (ValueError, OSError, AttributeError):
-            free = 1 << 30
-    return free // max(1, sharing)
+    return free_memory(device) // (2 if device.type == "cuda" else 4) // max(1, sharing)
+
+
+def lanczos_bytes(n: int, max_iter: int) -> int:
+    """The Lanczos run keeps its vectors and their products: 2 · min(max_iter, n) · n float64."""
+    return 2 * min(int(max_iter), n) * n * 8
+
+
+def plan_memory(n: int, max_iter: int, budget: int) -> int:
+    """The bytes left for kept gradient graphs once the Lanczos basis is held; a UserError, before
+    any work, when the basis alone does not fit `budget` (this rank's share of the device)."""
+    basis = lanczos_bytes(n, max_iter)
+    if basis > budget:
+        gib = 1 << 30
+        fits = max(1, budget // (16 * n))
+        raise UserError(f"the Lanczos basis of {n:,} parameters and --max_iter {max_iter} needs {basis / gib:.1f} GiB "
+                        f"(2 × max_iter × parameters float64) but this rank may use {budget / gib:.1f} GiB: lower "
+                        f"--max_iter (at most {fits} fits) or run fewer ranks per device")
+    return budget - basis
 
 
 class HessianVectorProduct:
@@ -68,8 +85,11 @@ class HessianVectorProduct:
     graphs g_b that fit `memory` bytes (default `memory_budget`); products rebuild the others."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
-                 batch_size: int = 512, memory: int | None = None):
+                 batch_size: int = 512, memory: int | None = None, autocast=contextlib.nullcontext):
+        """loss_fn(outputs, labels): the loss summed over the batch; autocast(): the context of
+        each forward pass (the surface's precision)."""
         self.model, self.inputs, self.labels, self.loss_fn = model, inputs, labels, loss_fn
+        self.autocast = autocast
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise UserError("the model has no trainable parameters: there is no Hessian to compute")
@@ -80,10 +100,16 @@ class HessianVectorProduct:
         self.memory = memory_budget(self.device) if memory is None else int(memory)
         self.kept: list[tuple[torch.Tensor, ...]] = []
 
+    def _inputs(self, lo: int, hi: int) -> torch.Tensor:
+        """Inputs lo:hi, floating-point ones in θ's dtype (integer ones, such as token ids, as they are)."""
+        x = self.inputs[lo:hi]
+        return x.to(self.params[0].dtype) if x.is_floating_point() else x
+
     def _grad_graph(self, lo: int, hi: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(Σ_{i in lo:hi} ℓ_i, its gradient g_b with create_graph=True)."""
-        x = self.inputs[lo:hi].to(self.params[0].dtype)
-        loss = self.loss_fn(self.model(x), self.labels[lo:hi])
+        with self.autocast():
+            out = self.model(self._inputs(lo, hi))
+        loss = self.loss_fn(out, self.labels[lo:hi])
         return loss, torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True, materialize_grads=True)
 
     def prepare(self) -> float:
@@ -99,8 +125,8 @@ class HessianVectorProduct:
                 if keep:
                     self.kept.append(g)
             else:
-                with torch.no_grad():
-                    loss = self.loss_fn(self.model(self.inputs[lo:hi].to(self.params[0].dtype)), self.labels[lo:hi])
+                with torch.no_grad(), self.autocast():
+                    loss = self.loss_fn(self.model(self._inputs(lo, hi)), self.labels[lo:hi])
             total += loss.detach().double()
         return float(total) / len(self.labels)
 
@@ -229,19 +255,32 @@ class HessianEvaluator:
     points_per_call = 1
     metrics = list(HESSIAN_METRICS)
 
-    def __init__(self, model: nn.Module, split: Split, directions, *, dir_type: str = "weights",
-                 loss_name: str = "crossentropy", batch_size: int = 512, device="cpu", tol: float = 1e-3,
-                 max_iter: int = 100, memory: int | None = None):
+    def __init__(self, model: nn.Module, split: Split, directions, *, evaluation: Evaluation | None = None,
+                 batch_size: int = 512, device="cpu", tol: float = 1e-3, max_iter: int = 100, memory: int | None = None):
+        """`evaluation`: how the surface evaluated its points (dir_type, loss, precision, BN
+        re-estimation at every point), applied here too; `batch_size`: examples per product batch."""
+        evaluation = evaluation or Evaluation()
         device = torch.device(device)
+        self.snapshot = Snapshot(model)
         self.model = model.to(device).eval()
-        self.theta = ThetaWriter(self.model, directions, dir_type)
+        self.theta = ThetaWriter(self.model, directions, evaluation.dir_type)
+        self.bn = None
+        if evaluation.bn_calibration is not None:
+            self.bn = BNRecalibration(self.model, evaluation.bn_calibration.to(device), dir_type=evaluation.dir_type,
+                                      batch_size=evaluation.batch_size)
+        amp = AUTOCAST_DTYPES[evaluation.precision]
+        self.autocast = lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+        task = Classification(evaluation.loss_name)
         data = split.to(device)
-        self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels, Classification(loss_name).loss,
-                                        batch_size=batch_size, memory=memory)
+        self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels,
+                                        lambda out, y: task.loss(logits_of(out).float(), y), batch_size=batch_size,
+                                        memory=memory, autocast=self.autocast)
         self.tol, self.max_iter = float(tol), int(max_iter)
 
     def solve(self, coord) -> EigResult:
         self.theta.write(coord)
+        if self.bn is not None:
+            self.bn.run(self.model, self.hvp.device, self.autocast)
         return extreme_eigenvalues(self.hvp, tol=self.tol, max_iter=self.max_iter)
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
@@ -253,6 +292,9 @@ class HessianEvaluator:
 
     def restore(self) -> None:
         self.theta.restore()
+        if self.bn is not None:
+            self.bn.restore()
+        self.snapshot.restore()
 
 
 def sub_grid(x: np.ndarray, y: np.ndarray | None, stride: int) -> Grid:

@@ -9,6 +9,7 @@ off-plane distance ‖D_i − Σ_k c_ik e_k‖ = sqrt(K_ii − Σ_k c_ik²) (e_k
 Only one tensor of the n checkpoints is stacked at a time.
 
 Lines and planes: x = θ₂ − θ₁ (and y = θ₃ − θ₁), raw differences, so α = 1 is model 2.
+A tied tensor counts once (`distinct`: in D Dᵀ and in the directions), under its first name.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.directions import Direction, random_directions, target_tensors
-from ..core.evaluate import SurfaceEvaluator
+from ..core.directions import Direction, distinct, random_directions, target_tensors
+from ..core.evaluate import Evaluation
 from ..core.models import load_checkpoint, read_state_dict
 from ..errors import UserError
 from ..io import surface_file
@@ -63,7 +64,7 @@ def pca_directions(final: dict[str, torch.Tensor], files: list[str], *, ignore: 
     """Two PCA directions of the checkpoints in `files` around `final` (see module docstring)."""
     if len(files) < 3:
         raise UserError(f"PCA needs at least 3 checkpoints, got {len(files)}: save more checkpoints of the run")
-    final = {k: v.detach().cpu().to(torch.float64) for k, v in final.items()}
+    final = {k: v.detach().cpu().to(torch.float64) for k, v in distinct(final).items()}
     states = [read_matching(f, final) for f in files]
     used = [k for k, v in final.items() if not (ignore == "biasbn" and v.dim() <= 1)]
     n = len(files)
@@ -107,7 +108,7 @@ def covering_axes(coords: np.ndarray, num: int = 51, margin: float = 0.15) -> tu
 
 def model_differences(first: dict[str, torch.Tensor], files: list[str]) -> list[Direction]:
     """θ_k − θ₁ for each checkpoint in `files` (the line to model 2, the plane through model 3)."""
-    first = {k: v.detach().cpu().to(torch.float64) for k, v in first.items()}
+    first = {k: v.detach().cpu().to(torch.float64) for k, v in distinct(first).items()}
     return [{k: (s[k] - first[k]).to(torch.float32) for k in first} for s in (read_matching(f, first) for f in files)]
 
 
@@ -156,20 +157,22 @@ def job_directions(job, model) -> ModelDirections | None:
     return None
 
 
-def record_checkpoint_losses(path, model, splits, traj: Trajectory, directions, *, loss_name, batch_size, device):
+def record_checkpoint_losses(path, model, splits, traj: Trajectory, directions, evaluation: Evaluation, device):
     """For each checkpoint: its true loss/acc and the surface's value at its projected point,
-    as trajectory/<split>/{loss,acc} and trajectory/<split>/{loss,acc}_projected."""
+    as trajectory/<split>/{loss,acc} and trajectory/<split>/{loss,acc}_projected, both evaluated
+    as the surface was (`evaluation`: the same directions' tensors, precision, BN re-estimation)."""
     import copy
 
-    on_plane = SurfaceEvaluator(model, splits, directions, loss_name=loss_name, batch_size=batch_size, device=device)
-    projected = on_plane(traj.coords)
-    on_plane.restore()
+    on_plane = evaluation.evaluator(model, splits, directions, device)
+    try:
+        projected = on_plane(traj.coords)
+    finally:
+        on_plane.restore()
     true = []
     for f in traj.files:
         other = copy.deepcopy(model)
         load_checkpoint(other, f)
-        true.append(SurfaceEvaluator(other, splits, [], loss_name=loss_name, batch_size=batch_size,
-                                     device=device).evaluate_point().cpu().numpy())
+        true.append(evaluation.evaluator(other, splits, [], device)(np.zeros((1, 0)))[0])
     true = np.array(true)
     arrays = {}
     for j, metric in enumerate(on_plane.metrics):

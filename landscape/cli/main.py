@@ -6,6 +6,7 @@ calls the library, then prints and draws."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -27,11 +28,19 @@ def join_grid_values(argv: list[str]) -> list[str]:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: a UserError, which main prints before it exits 2."""
+
+    def error(self, message):
+        raise UserError(f"{message}: see {self.prog} --help")
+
+
+def parser() -> Parser:
     from ..options import HessianJob, PlotJob, TrainJob, add_arguments, add_job_arguments
 
-    p = argparse.ArgumentParser(prog="landscape", description="Loss landscapes of neural networks (Li et al. 2018).")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="landscape", description="Loss landscapes of neural networks (Li et al. 2018).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p.commands = sub.choices
     s = sub.add_parser("surface", help="compute (or resume) a 1D/2D loss surface; MPI-aware")
     add_job_arguments(s)
     pl = sub.add_parser("plot", help="draw every figure a surface file supports (or compare files side by side)")
@@ -66,8 +75,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed arguments; an unknown command or flag is a UserError with the closest known one."""
+    p = parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in p.commands:
+        close = difflib.get_close_matches(argv[0], p.commands, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(p.commands)}"
+        raise UserError(f"unknown command {argv[0]!r}: {hint}")
+    args, extra = p.parse_known_args(join_grid_values(argv))
+    flag = next((a.split("=")[0] for a in extra if a.startswith("-")), None)
+    if flag:
+        known = [s for s in p.commands[args.command]._option_string_actions if s.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1)
+        raise UserError(f"unknown flag {flag}: " + (f"did you mean {close[0]}?" if close else
+                                                    f"see landscape {args.command} --help"))
+    if extra:
+        raise UserError(f"unexpected argument(s) {' '.join(extra)}: see landscape {args.command} --help")
+    return args
+
+
 def run(argv: list[str]) -> int:
-    args = parser().parse_args(join_grid_values(argv))
+    args = parse(argv)
     if args.command == "surface":
         from ..options import job_from_args
 

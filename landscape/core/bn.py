@@ -19,7 +19,9 @@ class BNRecalibration:
             raise UserError("--bn_recompute: the model has no batch-norm layer with running statistics: leave it out")
         if dir_type == "states":
             raise UserError("--bn_recompute re-estimates the BN statistics that --dir_type states perturbs: choose one")
-        self.buffers = [b for m in self.layers for b in (m.running_mean, m.running_var)]
+        # reset_running_stats() zeroes num_batches_tracked too: it is put back with the statistics
+        self.buffers = [b for m in self.layers for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                        if b is not None]
         self.origin = [b.clone() for b in self.buffers]
         self.split, self.batch_size = split, int(batch_size)
 

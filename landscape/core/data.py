@@ -1,5 +1,8 @@
 """Datasets: splits of (inputs, labels) tensors, held whole on the evaluation device.
 
+Only the examples a job uses are converted (`load_dataset(..., subset=(n, mode))`); every rank
+still reads its own copy (streaming the data is issue 17's).
+
 `digits`: the 8x8 handwritten digits bundled with scikit-learn (1797 images, 10
 classes, no download). Pixels are scaled to [0, 1]; the split is fixed: a
 permutation drawn with numpy seed 0, the first 1438 images (80%) for `train`,
@@ -15,6 +18,7 @@ scaled to [0, 1] and normalized per channel with CIFAR_MEAN / CIFAR_STD; no augm
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from dataclasses import dataclass
@@ -56,13 +60,14 @@ class Split:
             inputs = inputs.contiguous(memory_format=memory_format)
         return Split(inputs, self.labels.to(device))
 
-    def place(self, device, memory_format=torch.contiguous_format, resident: bool | None = None) -> Split:
-        """Held whole on `device` when `resident` (None: when it fits in half the free memory of
-        a GPU; always on a CPU); else kept on the host, pinned for a GPU, and copied batch by
-        batch (see `batches`)."""
+    def place(self, device, memory_format=torch.contiguous_format, resident: bool | None = None,
+              sharing: int = 1) -> Split:
+        """Held whole on `device` when `resident` (None: when it fits in this rank's share of half
+        the free memory of a GPU that `sharing` ranks use; always on a CPU); else kept on the
+        host, pinned for a GPU, and copied batch by batch (see `batches`)."""
         device = torch.device(device)
         if resident is None:
-            resident = device.type != "cuda" or self.nbytes <= torch.cuda.mem_get_info(device)[0] // 2
+            resident = device.type != "cuda" or self.nbytes * max(1, sharing) <= torch.cuda.mem_get_info(device)[0] // 2
         if resident:
             return self.to(device, memory_format)
         host = self.to("cpu", memory_format)
@@ -104,17 +109,20 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
-def digits() -> dict[str, Split]:
+def digits(splits=SPLITS, pick=None) -> dict[str, Split]:
+    """The named splits; `pick(split, size)`: the rows to build (sorted; None: all)."""
     pixels, target = digits_arrays()
-    images = pixels.astype(np.float32) / 16.0
-    labels = target.astype(np.int64)
-    order = np.random.RandomState(0).permutation(len(labels))
-    n_train = int(round(0.8 * len(labels)))
+    order = np.random.RandomState(0).permutation(len(target))
+    n_train = int(round(0.8 * len(target)))
     parts = {"train": order[:n_train], "test": order[n_train:]}
-    return {
-        name: Split(torch.from_numpy(images[idx][:, None].copy()), torch.from_numpy(labels[idx].copy()))
-        for name, idx in parts.items()
-    }
+    out = {}
+    for name in splits:
+        idx = parts[name]
+        rows = pick(name, len(idx)) if pick else None
+        idx = idx if rows is None else idx[rows]
+        out[name] = Split(torch.from_numpy(pixels[idx][:, None].astype(np.float32) / 16.0),
+                          torch.from_numpy(target[idx].astype(np.int64)))
+    return out
 
 
 def cifar_folder(data_dir: str | Path | None) -> Path:
@@ -153,17 +161,21 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels.astype(np.int64)
 
 
-def cifar10(data_dir: str | Path | None, splits=SPLITS) -> dict[str, Split]:
-    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW)."""
+def cifar10(data_dir: str | Path | None, splits=SPLITS, pick=None) -> dict[str, Split]:
+    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW);
+    `pick(split, size)`: the rows to convert (sorted; None: all)."""
     folder = cifar_folder(data_dir)
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     out = {}
     for name in splits:
         parts = [read_cifar_batch(folder / f) for f in CIFAR_FILES[name]]
-        images = torch.from_numpy(np.concatenate([d for d, _ in parts])).view(-1, 3, 32, 32)
-        inputs = images.float().div_(255.0).sub_(mean).div_(std)
-        out[name] = Split(inputs, torch.from_numpy(np.concatenate([y for _, y in parts])))
+        data, labels = np.concatenate([d for d, _ in parts]), np.concatenate([y for _, y in parts])
+        rows = pick(name, len(labels)) if pick else None
+        if rows is not None:
+            data, labels = data[rows], labels[rows]
+        inputs = torch.from_numpy(data).view(-1, 3, 32, 32).float().div_(255.0).sub_(mean).div_(std)
+        out[name] = Split(inputs, torch.from_numpy(labels))
     return out
 
 
@@ -171,34 +183,58 @@ def is_array(t) -> bool:
     return isinstance(t, (torch.Tensor, np.ndarray))
 
 
-def as_split(data, source: str) -> Split:
-    """A Split from a Split, an (inputs, labels) pair, or a map-style torch Dataset of (input, label)."""
+def dataset_tensors(data, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of a Dataset's items (only rows `pick(len(data))`, when given), filled
+    one by one into tensors shaped after the first item: no list of all items."""
+    rows = pick(len(data)) if pick else None
+    rows = range(len(data)) if rows is None else rows.tolist()
+    inputs = labels = None
+    for k, i in enumerate(rows):
+        x, y = data[i]
+        x = torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x))
+        y = torch.as_tensor(y if isinstance(y, torch.Tensor) else np.asarray(y))
+        if inputs is None:
+            inputs = torch.empty((len(rows), *x.shape), dtype=x.dtype, device=x.device)
+            # class indices as int64; float targets stay float (never truncated: check_labels decides)
+            labels = torch.empty((len(rows), *y.shape), dtype=y.dtype if y.is_floating_point() else torch.int64)
+        elif x.shape != inputs.shape[1:] or x.dtype != inputs.dtype:
+            raise ValueError(f"item {i} is {x.dtype} {tuple(x.shape)}, item {rows[0]} is "
+                             f"{inputs.dtype} {tuple(inputs.shape[1:])}")
+        inputs[k] = x
+        labels[k] = y
+    if inputs is None:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return inputs, labels
+
+
+def as_split(data, source: str, pick=None) -> Split:
+    """A Split from a Split, an (inputs, labels) pair, or a map-style torch Dataset of (input, label);
+    `pick(size)`: the rows to keep (sorted; None: all), the only items a Dataset is asked for."""
     if isinstance(data, Split):
         inputs, labels = data.inputs, data.labels
     elif isinstance(data, (tuple, list)) and len(data) == 2 and all(is_array(t) for t in data):
         inputs, labels = (torch.as_tensor(t) for t in data)
     elif isinstance(data, torch.utils.data.Dataset):
         try:
-            items = [data[i] for i in range(len(data))]
-            inputs = torch.stack([torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-                                  for x, _ in items])
-            labels = torch.as_tensor([int(y) for _, y in items])
+            inputs, labels = dataset_tensors(data, pick)
+            pick = None  # the Dataset gave the picked rows only
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"{source}: cannot read the Dataset as (input tensor, class index) items "
                             f"({type(exc).__name__}: {exc})") from None
     else:
         raise UserError(f"{source} is a {type(data).__name__}: give a torch Dataset or an (inputs, labels) "
                         "pair of tensors")
-    if len(labels) == 0 or labels.dim() != 1 or len(inputs) != len(labels):
+    if len(labels) == 0 or len(inputs) != len(labels):
         raise UserError(f"{source}: {len(inputs)} inputs and labels of shape {tuple(labels.shape)}: give one "
-                        "class index per input, at least one")
-    if labels.is_floating_point():
-        if not torch.equal(labels, labels.round()):
-            raise UserError(f"{source}: labels must be class indices (integers), got fractional values")
-        labels = labels.long()
-    elif labels.dtype == torch.bool or labels.is_complex():
-        raise UserError(f"{source}: labels must be class indices, got dtype {labels.dtype}")
-    return Split(inputs, labels.long())
+                        "label (or target) per input, at least one")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise UserError(f"{source}: labels must be class indices or float targets, got dtype {labels.dtype}")
+    rows = pick(len(labels)) if pick else None
+    if rows is not None:
+        inputs, labels = inputs[torch.from_numpy(rows)], labels[torch.from_numpy(rows)]
+    return Split(inputs, labels)  # floating targets stay floating: check_labels converts class indices
 
 
 def as_splits(data) -> dict[str, Split]:
@@ -211,25 +247,34 @@ def as_splits(data) -> dict[str, Split]:
 SUBSET_SEED = 0  # a random subset is drawn with numpy RandomState(SUBSET_SEED)
 
 
-def subset(split: Split, n: int, mode: str = "first", name: str = "train", flag: str = "--subset") -> Split:
-    """The first n examples, or n drawn without replacement with numpy seed SUBSET_SEED (kept in
-    their order); n = 0 or the whole size: the split itself."""
+def subset_rows(size: int, n: int, mode: str = "first", name: str = "train", flag: str = "--subset"):
+    """The rows (sorted) of `subset` in a split of `size` examples; None for the whole split."""
     if n < 0:
         raise UserError(f"{flag} {n} must be >= 0 (0: the whole {name} split)")
-    if n > len(split):
-        raise UserError(f"{flag} {n} is larger than split {name!r} ({len(split)} examples): choose at most "
-                        f"{len(split)}, or 0 for the whole split")
-    if n in (0, len(split)):
+    if n > size:
+        raise UserError(f"{flag} {n} is larger than split {name!r} ({size} examples): choose at most "
+                        f"{size}, or 0 for the whole split")
+    if n in (0, size):
+        return None
+    return np.arange(n) if mode == "first" else np.sort(np.random.RandomState(SUBSET_SEED).permutation(size)[:n])
+
+
+def subset(split: Split, n: int, mode: str = "first", name: str = "train", flag: str = "--subset") -> Split:
+    """The first n examples (a view), or n drawn without replacement with numpy seed SUBSET_SEED
+    (kept in their order); n = 0 or the whole size: the split itself."""
+    rows = subset_rows(len(split), n, mode, name, flag)
+    if rows is None:
         return split
-    index = np.arange(n) if mode == "first" else np.sort(np.random.RandomState(SUBSET_SEED).permutation(len(split))[:n])
-    index = torch.from_numpy(index)
+    if mode == "first":
+        return Split(split.inputs[:n], split.labels[:n])
+    index = torch.from_numpy(rows)
     return Split(split.inputs[index], split.labels[index])
 
 
-def from_factory(path: str) -> dict[str, Split]:
-    """The splits that the user's `package.module:factory` returns: a torch Dataset or an
-    (inputs, labels) pair of tensors (the train split), a (train, test) pair of those, or a
-    dict {'train': ..., 'test': ...} of those."""
+def from_factory(path: str, splits=None, pick=None) -> dict[str, Split]:
+    """The named splits (default: all) that the user's `package.module:factory` returns: a torch
+    Dataset or an (inputs, labels) pair of tensors (the train split), a (train, test) pair of
+    those, or a dict {'train': ..., 'test': ...} of those; `pick(split, size)`: the rows to keep."""
     obj = resolve(path, "--dataset")()
     source = f"--dataset {path!r}"
     if isinstance(obj, dict):
@@ -245,32 +290,50 @@ def from_factory(path: str) -> dict[str, Split]:
     else:
         raise UserError(f"{source} returned a {type(obj).__name__}: return a torch Dataset, an (inputs, labels) "
                         "pair of tensors, or a (train, test) pair or {'train': ..., 'test': ...} dict of those")
-    return {name: as_split(d, f"{source} split {name!r}") for name, d in parts.items()}
-
-
-def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS) -> dict[str, Split]:
-    """The named splits of dataset `name` (a name of DATASETS or `package.module:factory`)."""
-    splits = list(splits)
-    if name == "digits":
-        data = digits()
-    elif name == "cifar10":
-        data = cifar10(data_dir, splits)
-    elif is_import_path(name):
-        data = from_factory(name)
-    else:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
-                        "or give your own as package.module:factory")
+    splits = list(parts) if splits is None else splits
     for s in splits:
-        if s not in data:
-            raise UserError(f"dataset {name!r} has no {s!r} split (it has {', '.join(data)}): "
-                            f"choose --splits {','.join(data)}")
-    return {s: data[s] for s in splits}
+        if s not in parts:
+            raise UserError(f"dataset {path!r} has no {s!r} split (it has {', '.join(parts)}): "
+                            f"choose --splits {','.join(parts)}")
+    return {s: as_split(parts[s], f"{source} split {s!r}", pick and functools.partial(pick, s)) for s in splits}
 
 
-def check_labels(split: Split, num_classes: int, name: str) -> None:
-    lo, hi = int(split.labels.min()), int(split.labels.max())
+def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS, subset: tuple[int, str] | None = None,
+                 flag: str = "--subset") -> dict[str, Split]:
+    """The named splits of dataset `name` (a name of DATASETS or `package.module:factory`).
+    `subset` (n, mode): only the examples that `subset(split, n, mode)` keeps are converted (a
+    Dataset is asked for those items only); `flag` names n in messages."""
+    splits = list(splits)
+    pick = None
+    if subset and subset[0]:
+        def pick(split, size):
+            return subset_rows(size, subset[0], subset[1], split, flag)
+    if name == "digits":
+        return digits(splits, pick)
+    if name == "cifar10":
+        return cifar10(data_dir, splits, pick)
+    if is_import_path(name):
+        return from_factory(name, splits, pick)
+    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
+                    "or give your own as package.module:factory")
+
+
+def check_labels(split: Split, num_classes: int, name: str) -> Split:
+    """The split with class indices (int64) in 0..num_classes-1, as the built-in losses take them;
+    float labels are accepted only when they are whole numbers (never truncated)."""
+    labels = split.labels
+    if labels.dim() != 1:
+        raise UserError(f"split {name!r} has labels of shape {tuple(labels.shape)}: the built-in losses take one "
+                        "class index per example; use your own --loss_name for other targets")
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise UserError(f"split {name!r} has fractional labels: the built-in losses take class indices; use "
+                            "your own --loss_name (package.module:function) for regression targets")
+        labels = labels.long()
+    lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise UserError(
             f"split {name!r} has labels in [{lo}, {hi}] but the model has {num_classes} outputs: "
             "use a model with as many outputs as classes"
         )
+    return Split(split.inputs, labels.long())

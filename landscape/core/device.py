@@ -20,12 +20,14 @@ def _ranks_on_node(comm) -> tuple[int, int]:
 
 
 def pick_device(requested: str, comm) -> torch.device:
-    """cuda:(local rank % GPUs) when a GPU is there (and not `cpu`), else the CPU."""
+    """cuda:(local rank % GPUs) when a GPU is there (and not `cpu`), else the CPU. Collective:
+    every rank calls it (the node's ranks are counted on all of them, GPU or not)."""
+    local_rank = _ranks_on_node(comm)[0]
     if requested == "cpu" or not torch.cuda.is_available():
         if requested == "cuda":
             raise UserError("--device cuda but torch sees no GPU: use --device cpu or auto")
         return torch.device("cpu")
-    index = _ranks_on_node(comm)[0] % torch.cuda.device_count()
+    index = local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -41,3 +43,13 @@ def ranks_per_device(comm, device: torch.device) -> int:
     """How many ranks of this node share `device` (all of them for the CPU)."""
     n = _ranks_on_node(comm)[1]
     return -(-n // torch.cuda.device_count()) if device.type == "cuda" else n
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on `device`: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 32

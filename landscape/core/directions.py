@@ -12,6 +12,10 @@ normalized tensor by tensor (Li et al. 2018, Sec. 4):
 
 Tensors with dim <= 1 (biases, BN weights and statistics) get d_t = 0 with
 ignore ``biasbn`` and d_t = θ_t otherwise, as in the reference implementation.
+
+A tensor tied to another (a language model's output layer sharing the input embedding's
+weight, a shared buffer) is one tensor of θ, listed once under its first name: moving it once
+per alias would write θ* + 2αd.
 """
 from __future__ import annotations
 
@@ -26,13 +30,26 @@ from ..options import IGNORES, NORMS, DirType
 Direction = dict[str, torch.Tensor]
 
 
+def distinct(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with each tied tensor once, under its first name: aliases (the same memory,
+    shape, strides and dtype, as `state_dict()` lists a tied weight once per module) are dropped."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else name
+        if key not in seen:
+            seen.add(key)
+            out[name] = t
+    return out
+
+
 def target_tensors(model: nn.Module, dir_type: DirType) -> dict[str, torch.Tensor]:
-    """The tensors a direction spans, by name: `parameters()` for weights, the floating-point
-    entries of `state_dict()` (BN running statistics too, not num_batches_tracked) for states."""
+    """The tensors a direction spans, by name, each tied tensor once (`distinct`): `parameters()`
+    for weights, the floating-point entries of `state_dict()` (BN running statistics too, not
+    num_batches_tracked) for states."""
     if dir_type == "weights":
-        return dict(model.named_parameters())
+        return distinct(dict(model.named_parameters()))
     if dir_type == "states":
-        return {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+        return distinct({k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()})
     raise UserError(f"unknown dir_type {dir_type!r}: choose weights or states")
 
 
@@ -107,7 +124,8 @@ def check_directions(directions: list[Direction], model: nn.Module, dir_type: st
 
 
 def fingerprint(tensors: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> str:
-    """Short SHA-256 of names, shapes and float32 values (identifies θ* or a set of directions)."""
+    """Short SHA-256 of names, shapes and float32 values (identifies θ* or a set of directions).
+    A plain `state_dict()` hashes a tied tensor once per alias: still the same θ*, the same hash."""
     h = hashlib.sha256()
     for group in tensors if isinstance(tensors, list) else [tensors]:
         for name, t in group.items():

@@ -8,6 +8,7 @@ once per point.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from ..options import PRECISIONS
 from .bn import BNRecalibration
 from .data import Split
 from .directions import Direction
-from .tasks import Classification, Task
+from .models import Snapshot
+from .tasks import Classification, Task, logits_of
 from .theta import ThetaWriter
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,11 +51,13 @@ class SurfaceEvaluator:
         channels_last: bool = False,
         bn_calibration: Split | None = None,
         resident: bool | None = None,
+        sharing: int = 1,
     ):
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.task: Task = Classification(loss_name)
         self.device = torch.device(device)
+        self.snapshot = Snapshot(model)  # restore() leaves the model as it was: device, layout, flags
         self.model = model.to(self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -63,7 +67,8 @@ class SurfaceEvaluator:
         self.forward = torch.compile(self.model) if compile else self.model
         self.theta = ThetaWriter(self.model, directions, dir_type)
         # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
-        self.splits = {name: split.place(self.device, self.memory_format, resident) for name, split in splits.items()}
+        self.splits = {name: split.place(self.device, self.memory_format, resident, sharing)
+                       for name, split in splits.items()}
         self.batch_size = int(batch_size)
         self.metrics = [f"{s}/{m}" for s in self.splits for m in self.task.metrics]
         self.set_points_per_pass(points_per_pass)
@@ -71,7 +76,7 @@ class SurfaceEvaluator:
         if bn_calibration is not None:
             if self.points_per_call > 1:
                 raise UserError("--bn_recompute works one point per pass: leave out --points_per_pass")
-            self.bn = BNRecalibration(self.model, bn_calibration.place(self.device, self.memory_format, resident),
+            self.bn = BNRecalibration(self.model, bn_calibration.place(self.device, self.memory_format, resident, sharing),
                                       dir_type=dir_type, batch_size=batch_size)
 
     def autocast(self):
@@ -85,12 +90,12 @@ class SurfaceEvaluator:
         """The first batch of each split, twice at θ*: the outputs must agree. Randomness left in
         the forward pass (dropout called with training=True, noise layers) makes every value of
         the surface noisy."""
-        self.restore()
+        self.theta.restore()
         with torch.no_grad():
             for name, split in self.splits.items():
                 xb, _ = next(split.batches(self.batch_size, self.device))
                 with self.autocast():
-                    a, b = self.forward(xb).float(), self.forward(xb).float()
+                    a, b = logits_of(self.forward(xb)).float(), logits_of(self.forward(xb)).float()
                 if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
                     raise UserError(
                         f"the model gives different outputs for the same {name!r} inputs in eval mode: remove randomness "
@@ -100,6 +105,7 @@ class SurfaceEvaluator:
         self.theta.restore()
         if self.bn is not None:
             self.bn.restore()
+        self.snapshot.restore()
 
     @torch.no_grad()
     def evaluate_point(self) -> torch.Tensor:
@@ -109,7 +115,7 @@ class SurfaceEvaluator:
             totals = torch.zeros(len(self.task.metrics), dtype=torch.float64, device=self.device)
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
-                    totals += self.task.sums(self.forward(xb).float(), yb)
+                    totals += self.task.sums(logits_of(self.forward(xb)).float(), yb)
             columns.append(self.task.means(totals, len(split)))
         return torch.cat(columns)
 
@@ -149,7 +155,7 @@ class SurfaceEvaluator:
         fixed = {n: t for n, t in fixed.items() if n not in names}
 
         def forward(tensors, inputs):
-            return functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,))
+            return logits_of(functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,)))
 
         self.batched_forward = vmap(forward, in_dims=(0, None))
         if self.compile:
@@ -167,15 +173,43 @@ class SurfaceEvaluator:
             totals = torch.zeros(k, len(self.task.metrics), dtype=torch.float64, device=self.device)
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
-                    totals += self.task.sums(self.batched_forward(tensors, xb).float(), yb)  # logits (k, batch, classes)
+                    totals += self.task.sums(self.batched_forward(tensors, xb).float(), yb, stacked=True)
             columns.append(self.task.means(totals, len(split)))
         return torch.cat(columns, dim=1)
 
 
-def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) -> int:
-    """Time each K on K points near θ* (best of 2), set and return the K with the least time per
-    point (a K whose stack or activations run out of GPU memory ends the search)."""
-    best, best_time = 1, float("inf")
+@dataclass(frozen=True)
+class Evaluation:
+    """Every setting that changes the value of a point. The surface is evaluated this way, and so
+    is everything computed later from its file (trajectory projections, Hessian maps): one way."""
+
+    dir_type: str = "weights"
+    loss_name: str = "crossentropy"
+    batch_size: int = 512
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    bn_calibration: Split | None = None  # re-estimate BN statistics at every point from this split
+
+    def evaluator(self, model: nn.Module, splits: dict[str, Split], directions: list[Direction], device,
+                  points_per_pass: int = 1, sharing: int = 1) -> SurfaceEvaluator:
+        """`sharing`: ranks using the same device (they split its memory)."""
+        return SurfaceEvaluator(model, splits, directions, dir_type=self.dir_type, loss_name=self.loss_name,
+                                batch_size=self.batch_size, device=device, points_per_pass=points_per_pass,
+                                precision=self.precision, compile=self.compile, channels_last=self.channels_last,
+                                bn_calibration=self.bn_calibration, sharing=sharing)
+
+
+def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) -> tuple[int, str]:
+    """Time each K on K points near θ* (best of 2), set the K with the least time per point and
+    return it with a note of how it was chosen. K = 1 without measuring when BN statistics are
+    re-estimated at every point (only one point per pass can be recalibrated); a K whose stack or
+    activations run out of GPU memory, or that vmap cannot run (data-dependent control flow,
+    .item(), in-place ops on inputs), ends the search."""
+    if evaluator.bn is not None:
+        evaluator.set_points_per_pass(1)
+        return 1, "1 point per pass: BN statistics are re-estimated at every point"
+    best, best_time, note = 1, float("inf"), ""
     for k in candidates:
         coords = np.linspace(0, 0.01, 2 * k).reshape(k, 2)[:, : len(evaluator.theta.directions)]
         seconds = []
@@ -190,9 +224,15 @@ def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) 
             evaluator.stack = None
             if evaluator.device.type == "cuda":
                 torch.cuda.empty_cache()
+            note = f"; {k} ran out of memory"
+            break
+        except Exception as exc:  # vmap cannot run this model: one point per pass
+            if k == 1:
+                raise
+            note = f"; {k} points per pass failed under vmap ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
             break
         if min(seconds) < best_time:
             best, best_time = k, min(seconds)
-    evaluator.restore()
+    evaluator.theta.restore()
     evaluator.set_points_per_pass(best)
-    return best
+    return best, f"{best} point(s) per pass, measured ({', '.join(map(str, candidates))} tried){note}"

@@ -49,6 +49,63 @@ class DigitsMLP(nn.Module):
 MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP, **zoo.MODELS}
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model without tensors)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+class Snapshot:
+    """How a model is laid out, to leave it exactly as it was after an evaluation moved it:
+    each tensor's device and memory format, and the training flags. (Values are the θ writer's
+    and BN recalibration's to put back; requires_grad is never changed.)"""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.training = {m: m.training for m in model.modules()}
+        self.params = {n: (p.device, p.is_contiguous()) for n, p in model.named_parameters()}
+        self.buffers = {n: (b.device, b.is_contiguous()) for n, b in model.named_buffers()}
+
+    def restore(self) -> None:
+        def laid_out(t, device, contiguous):
+            t = t.to(device)
+            return t.contiguous() if contiguous else t
+
+        for name, p in self.model.named_parameters():
+            if name in self.params and (p.device, p.is_contiguous()) != self.params[name]:
+                p.data = laid_out(p.data, *self.params[name])
+        for name, b in self.model.named_buffers():
+            if name in self.buffers and (b.device, b.is_contiguous()) != self.buffers[name]:
+                owner, _, attr = name.rpartition(".")
+                setattr(self.model.get_submodule(owner), attr, laid_out(b, *self.buffers[name]))
+        for m, flag in self.training.items():
+            m.training = flag
+
+
+def batch_statistics(model: nn.Module) -> bool:
+    """Whether the model in eval mode normalizes with the statistics of each batch (a BN layer
+    that tracks no running statistics): its outputs then depend on the batch size."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) and not m.track_running_stats for m in model.modules())
+
+
+def code_identity(model: nn.Module, name: str | None = None) -> str:
+    """A short hash of the code that makes the model compute what it does: the source of its
+    class (and of the user's factory `name`); a resume with other code is refused."""
+    import hashlib
+    import inspect
+
+    parts = [f"{type(model).__module__}.{type(model).__qualname__}"]
+    for obj in [type(model)] + ([resolve(name, "--model")] if is_import_path(name) else []):
+        try:
+            parts.append(inspect.getsource(obj))
+        except (OSError, TypeError):  # defined in a REPL or a C extension: the name is all there is
+            pass
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def build_model(name: str, seed: int = 0) -> nn.Module:
     """The named model (or the one `package.module:factory` returns), initialized from `seed`."""
     if is_import_path(name):
@@ -67,18 +124,25 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def num_outputs(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> int:
-    """Classes the model predicts, from one forward pass in eval mode on a few `inputs`."""
+def run_model(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> torch.Tensor:
+    """The logits of one forward pass in eval mode on a few `inputs` (a UserError if it fails)."""
+    from .tasks import logits_of
+
     try:
         with torch.no_grad():
             out = model.eval()(inputs)
     except Exception as exc:  # shape or dtype mismatch between model and data
         raise UserError(f"model {name!r} fails on inputs of shape {tuple(inputs.shape)} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}): use a model made for this dataset") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != inputs.shape[0]:
-        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"model {name!r} returns {what} for {inputs.shape[0]} inputs: it must return logits "
-                        "of shape (batch, classes)")
+    return logits_of(out)
+
+
+def num_outputs(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> int:
+    """Classes the model predicts (its logits are (batch, classes)), from one forward pass."""
+    out = run_model(model, inputs, name)
+    if out.dim() != 2 or out.shape[0] != inputs.shape[0]:
+        raise UserError(f"model {name!r} returns {tuple(out.shape)} for {inputs.shape[0]} inputs: the built-in losses "
+                        "take logits of shape (batch, classes); use your own --loss_name for other outputs")
     return int(out.shape[1])
 
 

@@ -11,6 +11,7 @@ here, not in the evaluator; the Hessian takes `loss` (summed, differentiable).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
@@ -21,6 +22,20 @@ from ..options import LOSS_NAMES
 from .importpath import is_import_path, resolve
 
 
+def logits_of(output):
+    """The logits in a model's output: a tensor, the first element of a tuple/list, or the
+    `logits` entry of a dict / Hugging Face ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise UserError(f"the model returned a {type(output).__name__}: return a tensor of logits, a tuple/list whose "
+                    "first element is the logits, or a dict / ModelOutput with 'logits'")
+
+
 class Task(Protocol):
     """The contract every task meets; the surface evaluator and the Hessian use only this."""
 
@@ -29,7 +44,7 @@ class Task(Protocol):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The loss summed over the batch, differentiable (Hessian-vector products use it)."""
 
-    def sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def sums(self, outputs: torch.Tensor, targets: torch.Tensor, stacked: bool = False) -> torch.Tensor:
         """float64 sums of each metric over the batch: (m,) for one point, (k, m) for k stacked points."""
 
     def means(self, totals: torch.Tensor, n: int) -> torch.Tensor:
@@ -65,11 +80,16 @@ class Classification:
             return (logits.softmax(-1) - onehot).pow(2).mean(-1).sum(-1)
         return torch.stack([self.loss(z, labels) for z in logits])
 
-    def sums(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def sums(self, logits: torch.Tensor, labels: torch.Tensor, stacked: bool = False) -> torch.Tensor:
         """float64 [loss sum, correct count] of one point's logits (batch, classes), shape (2,);
-        of k stacked points' logits (k, batch, classes), shape (k, 2)."""
-        loss = self.loss(logits, labels) if logits.dim() == 2 else self.stacked_losses(logits, labels)
-        return torch.stack([loss.double(), (logits.argmax(-1) == labels).sum(-1).double()], dim=-1)
+        of k stacked points' logits (k, batch, classes), shape (k, 2). Accuracy is NaN for targets
+        that are not class indices (the user's own loss on float targets or other outputs)."""
+        loss = self.stacked_losses(logits, labels) if stacked else self.loss(logits, labels)
+        if labels.is_floating_point() or logits.dim() != labels.dim() + 1 + stacked:
+            correct = torch.full_like(loss, float("nan"), dtype=torch.float64)
+        else:
+            correct = (logits.argmax(-1) == labels).sum(-1).double()
+        return torch.stack([loss.double(), correct], dim=-1)
 
     @staticmethod
     def means(totals: torch.Tensor, n: int) -> torch.Tensor:

@@ -7,8 +7,9 @@ for another between points. Communication per chunk: one 8-byte fetch, one
 8-byte progress add, and with a serial h5py the chunk's values sent to rank 0.
 
 A stop request (SIGTERM, SIGUSR1, SIGINT) makes the rank finish the point in
-hand, write it, and add a large number to the counter, so every other rank
-stops after its current point as well; the run then reports `interrupted`.
+hand, write it, and add a large number to both counters, so every other rank
+stops after its current point as well (it sees the number when it reports the
+point done); the run then reports `interrupted`.
 
 Under mpirun (OpenMPI 4.1, measured; tests/integration/test_resume.py): SIGUSR1 sent to
 mpirun is forwarded to every rank at once, and mpirun exits 75. SIGTERM or
@@ -94,13 +95,14 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
     slow = slow_factor(comm.rank)
     with StopRequest() as stop:
         while True:
-            if stop.requested:
+            if stop.requested:  # both counters: the others see it at their next chunk or point
                 counters.fetch_add(0, STOP)
+                counters.fetch_add(1, STOP)
                 interrupted = True
                 break
             c = counters.fetch_add(0, 1)
             if c >= n_chunks:
-                interrupted = c >= STOP
+                interrupted = interrupted or c >= STOP
                 break
             points = todo[bounds[c] : bounds[c + 1]]
             for i in range(0, len(points), step):
@@ -114,6 +116,9 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
                 mine += len(sub)
                 nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
                 total_done = counters.fetch_add(1, len(sub)) + len(sub)
+                if total_done >= STOP:  # another rank was asked to stop: end after this point too
+                    interrupted = True
+                    break
                 if comm.rank == 0:
                     bar.update(total_done)
                 if stop.requested:

@@ -45,6 +45,8 @@ HESSIAN = "hessian"
 HESSIAN_VALUES = ("lambda_max", "lambda_min", "residual_max", "residual_min", "n_hvp")
 HESSIAN_METRICS = tuple(f"{HESSIAN}/{m}" for m in HESSIAN_VALUES)
 HESSIAN_MASK = f"{HESSIAN}/{MASK}"
+#: the ratio the figures draw (an attribute of the hessian group); the reference tool drew |λmin/λmax|
+HESSIAN_RATIO = "max(0, -lambda_min) / lambda_max; NaN where lambda_max <= 0 (the reference tool: |lambda_min / lambda_max|)"
 TRAJECTORY = "trajectory"
 NOT_SPLITS = ("directions", HESSIAN, TRAJECTORY)  # groups of the root that are not splits
 
@@ -146,14 +148,26 @@ def open_parallel(path: str | Path, comm) -> h5py.File:
     return h5py.File(path, "r+", driver="mpio", comm=comm)
 
 
-def differences(stored: dict, wanted: dict) -> list[str]:
-    """Human-readable differences between two job descriptions."""
+ANY = object()  # an implied value that accepts whatever the job has
+
+
+def differences(stored: dict, wanted: dict, implied: dict | None = None) -> list[str]:
+    """Human-readable differences between two job descriptions. `implied`: the values that a
+    stored description written before a key existed stands for (ANY: unknown, accepted)."""
     out = []
+    implied = implied or {}
     for key in sorted(set(stored) | set(wanted)):
-        a, b = stored.get(key), wanted.get(key)
-        if a != b:
+        a, b = stored.get(key, implied.get(key)), wanted.get(key)
+        if a is not ANY and a != b:
             out.append(f"{key}: file has {a!r}, job has {b!r}")
     return out
+
+
+def implied_job(f: h5py.File) -> dict:
+    """What a job description without the keys added after format version 1 stands for: the
+    precision of its config (fp32 without one); its model code and value-changing batch size
+    are unknown."""
+    return {"precision": read_provenance(f).config.get("precision", "fp32"), "model_code": ANY, "batch_size": ANY}
 
 
 def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask: str = "mask",
@@ -169,7 +183,7 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
     if path.exists() and not force:
         with open_surface(path) as f:
             stored = json.loads(f.attrs.get("job", "{}"))
-            diff = differences(stored, job)
+            diff = differences(stored, job, implied_job(f))
             if diff:
                 raise UserError(
                     f"{str(path)!r} holds another job ({'; '.join(diff[:3])}): "
@@ -196,6 +210,10 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+#: settings of a group (a Hessian map) written before these keys existed
+IMPLIED_SETTINGS = {"precision": "fp32", "bn_recompute": 0, "subset_draw": "torch randperm(subset_seed), sorted"}
+
+
 def prepare_group(path: str | Path, group: str, grid: Grid, metrics: list[str], settings: dict, *, mask: str,
                   force: bool = False, attrs: dict | None = None) -> np.ndarray:
     """Add to an existing surface file a group of per-point results on `grid` (e.g. a sub-grid):
@@ -210,7 +228,7 @@ def prepare_group(path: str | Path, group: str, grid: Grid, metrics: list[str], 
     with h5py.File(path, "r+") as f:
         if group in f and not force:
             stored = {k: _plain(v) for k, v in f[group].attrs.items() if k in settings or k not in (attrs or {})}
-            diff = differences(stored, settings)
+            diff = differences(stored, settings, IMPLIED_SETTINGS)
             if diff:
                 raise UserError(f"{str(path)!r} holds a {group} map with other settings ({'; '.join(diff[:3])}): "
                                 f"rerun with the same settings to resume, or pass --force to recompute the {group} map")

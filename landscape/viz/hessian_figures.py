@@ -19,9 +19,28 @@ from .common import edges, folder, masked, plt, save_figure
 DEFAULT = PlotJob()  # the defaults of `landscape plot`, also those of every figure function
 
 
+RATIO_LABEL = r"$\max(0,-\lambda_{min})\,/\,\lambda_{max}$"
+
+
+def negative_curvature_ratio(lambda_max, lambda_min) -> np.ndarray:
+    """max(0, −λmin)/λmax: 0 where the Hessian has no negative eigenvalue (convex), 1 where the
+    most negative curvature is as strong as the most positive; NaN where λmax ≤ 0 (no positive
+    curvature: the ratio says nothing). The reference tool's |λmin/λmax| reads a positive λmin as
+    if it were negative curvature and exceeds 1 at concave points; it is `reference_ratio`."""
+    lambda_max, lambda_min = np.asarray(lambda_max, float), np.asarray(lambda_min, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(lambda_max > 0, np.maximum(0.0, -lambda_min) / lambda_max, np.nan)
+
+
+def reference_ratio(lambda_max, lambda_min) -> np.ndarray:
+    """|λmin/λmax|, as the reference tool draws it (see negative_curvature_ratio)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(np.asarray(lambda_min, float) / np.asarray(lambda_max, float))
+
+
 def plot_hessian(path, out_dir=None, formats=DEFAULT.format, *, dpi: int = DEFAULT.dpi) -> list[Path]:
-    """Write the |λmin/λmax|, λmax and λmin figures of `path`'s Hessian map into out_dir
-    (default: the file's folder); returns the written paths."""
+    """Write the negative-curvature ratio max(0, −λmin)/λmax, the λmax and the λmin figures of
+    `path`'s Hessian map into out_dir (default: the file's folder); returns the written paths."""
     path = Path(path)
     m = read_hessian(path)
     formats = formats.split(",") if isinstance(formats, str) else list(formats)
@@ -30,9 +49,8 @@ def plot_hessian(path, out_dir=None, formats=DEFAULT.format, *, dpi: int = DEFAU
     done = float(mask.mean())
     note = "" if done >= 1 else f" ({math.floor(100 * done) or '<1'}% of map)"
     lmax, lmin = masked(m.values["lambda_max"], mask), masked(m.values["lambda_min"], mask)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.ma.masked_invalid(np.abs(lmin / lmax))
-    panels = [("ratio", ratio, r"$|\lambda_{min}/\lambda_{max}|$", "viridis"),
+    ratio = np.ma.masked_invalid(negative_curvature_ratio(lmax.filled(np.nan), lmin.filled(np.nan)))
+    panels = [("ratio", ratio, RATIO_LABEL, "viridis"),
               ("lambda_max", lmax, r"$\lambda_{max}$", "magma"),
               ("lambda_min", lmin, r"$\lambda_{min}$", "RdBu_r")]
     written = []
@@ -60,6 +78,7 @@ def plot_hessian(path, out_dir=None, formats=DEFAULT.format, *, dpi: int = DEFAU
             fig.colorbar(im, ax=ax, label=label)
             ax.set_ylabel(r"$\beta$")
         ax.set_xlabel(r"$\alpha$")
-        ax.set_title(f"Hessian {label}{note}")
+        ax.set_title(f"Hessian {label}{note}" + ("\n0: no negative curvature; grey: λmax ≤ 0" if name == "ratio" else ""),
+                     fontsize="medium")
         save_figure(fig, out_dir, f"{path.stem}_hessian_{name}", formats, dpi, written)
     return written

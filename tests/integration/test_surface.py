@@ -321,8 +321,10 @@ def test_two_ranks_equal_one_process(tmp_path, checkpoint, single, dim, write):
 
 def test_dir_file_reuses_directions(tmp_path, checkpoint, single):
     path = tmp_path / "reuse.h5"
-    # another seed and normalization: only the directions from the file can give the same values
-    run_surface(cli_args(checkpoint, path, extra=("--dir_file", str(single["2d"]), "--seed", "9", "--xnorm", "layer")))
+    # (--seed or --xnorm with --dir_file are refused: tests/integration/test_first_hour_cli.py)
+    run_surface(cli_args(checkpoint, path, extra=("--dir_file", str(single["2d"]))))
+    with h5py.File(path) as f:  # the directions were read, not drawn
+        assert json.loads(f.attrs["job"])["directions"] == {"given": True}
     a, b = read_all(single["2d"]), read_all(path)
     for key in a:
         if key.startswith(("train/", "test/", "directions/", "mask", "x", "y")):
