@@ -153,10 +153,11 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     notes = []
     try:
         engine.on_root(comm, evaluator.check_deterministic)
-        if job.points_per_pass == 0:  # measured on rank 0; every rank uses the same K, so values match across runs
-            k, note = engine.on_root(comm, lambda: fastest_points_per_pass(evaluator))
+        if job.points_per_pass == 0:  # measured on every rank at once (as loaded as in the run); the least K wins,
+            found = comm.allgather(engine.on_all(comm, lambda: fastest_points_per_pass(evaluator)))
+            k, note = min(found, key=lambda kn: kn[0])  # so every rank uses the same K and values match across runs
             evaluator.set_points_per_pass(k)
-            notes.append(note)
+            notes.append(note + (f" (the least over {comm.size} ranks)" if comm.size > 1 else ""))
     except BaseException:
         evaluator.restore()
         snapshot.restore()

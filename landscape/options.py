@@ -94,8 +94,9 @@ class Job:
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)
     batch_size: int = option(512, "evaluation batch size", "evaluation", minimum=1)
     points_per_pass: int = option(1, "grid points per forward pass: K parameter sets stacked and evaluated with "
-                                  "`vmap(functional_call)` (K×θ memory); 0: measure 1, 4, 16 at start-up and take "
-                                  "the fastest. For small models on GPUs", "evaluation")
+                                  "`vmap(functional_call)` (K×θ memory); 0: measure 1, 4, 16 at start-up on every "
+                                  "rank at once and take the fastest (the least over ranks; 1 when vmap cannot run "
+                                  "the model or BN is re-estimated). For small models on GPUs", "evaluation")
     bn_recompute: int = option(0, "re-estimate batch-norm statistics at every point from the first N train "
                                "examples (0: off; see \"Batch norm\")", "evaluation")
     subset: int = option(0, "evaluate on N examples of each split (0: all), for quick previews; recorded in the "

@@ -163,6 +163,8 @@ def surface(job) -> int:
     result = surface_job(job)
     summary = result.summary
     if rank() == 0:
+        for note in result.notes:
+            print(f"[landscape] {note}", file=sys.stderr)
         print(f"[landscape] {summary.text()}", file=sys.stderr)
         print(f"[landscape] surface file: {job.surf_file}")
         if job.plot and summary.complete:

@@ -275,3 +275,11 @@ def test_float_targets_of_a_dataset_are_not_truncated():
     t = torch.linspace(-1.5, 1.5, 8)
     assert torch.equal(as_split(TensorDataset(x, t), "data").labels, t)  # used to be int(y): -1, -1, 0, ...
     assert as_split(TensorDataset(x, t.round().long()), "data").labels.dtype == torch.int64
+
+
+def test_points_per_pass_measured_on_every_rank_at_once(tmp_path):
+    from conftest import run_surface
+
+    proc = run_surface(["--model", "digits_mlp", "--x=-1:1:9", "--points_per_pass", "0", "--subset", "200",
+                        "--threads", "1", "--no-plot", "--no-progress", "--surf_file", str(tmp_path / "s.h5")], ranks=2)
+    assert "point(s) per pass, measured" in proc.stderr and "the least over 2 ranks" in proc.stderr
