@@ -44,7 +44,7 @@ from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
 #: compute_surface's keyword options: the job options that do not name files of a CLI job
-SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "loss_name", "batch_size",
+SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "task", "loss_name", "batch_size",
                    "points_per_pass", "precision", "compile", "channels_last", "chunk", "write", "force", "progress")
 
 
@@ -135,10 +135,11 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
             raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
         check_directions(directions, model, job.dir_type, "the given directions")
         source = source or {"given": True}
-    evaluation = Evaluation(job.dir_type, job.loss_name, job.batch_size, job.precision, job.compile,
-                            job.channels_last, bn_calibration)
+    evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
+                            precision=job.precision, compile=job.compile, channels_last=job.channels_last,
+                            bn_calibration=bn_calibration)
     snapshot = Snapshot(model)  # the model is left as it was; the evaluator moves it and sets eval mode
-    if not is_import_path(job.loss_name):  # a built-in loss takes class indices below the number of outputs
+    if job.task == "classification" and not is_import_path(job.loss_name):  # class indices below the outputs
         def class_indices():
             try:
                 classes = num_outputs(model, next(iter(splits.values())).inputs[:4].to(device_of(model)))
@@ -172,7 +173,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
         "splits": list(splits), "loss_name": job.loss_name, "dir_type": job.dir_type, "directions": source,
         "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
-        "precision": job.precision, "model_code": model_code or code_identity(model),
+        "precision": job.precision, "model_code": model_code or code_identity(model), "task": job.task,
     }
     if bn_calibration is not None or batch_statistics(model):  # then the values depend on the batches
         identity["batch_size"] = job.batch_size
@@ -222,8 +223,10 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
         sample = splits[job.splits[0]]
         if is_import_path(job.loss_name):
             check_loss(job.loss_name, run_model(model, sample.inputs[:4], job.model), sample.labels[:4])
-        else:
+        elif job.task == "classification":
             num_outputs(model, sample.inputs[:4], job.model)  # labels are checked by compute_surface
+        else:
+            run_model(model, sample.inputs[:4], job.model)
         return model, splits
 
     model, splits = engine.on_all(comm, load)
@@ -335,15 +338,15 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         "stride": int(stride), "subset": int(subset), "subset_size": len(h.data), "subset_seed": SUBSET_SEED,
         "subset_draw": "numpy RandomState(subset_seed), sorted", "split": "train", "loss_name": job.loss_name,
         "tol": float(tol), "max_iter": int(max_iter), "batch_size": int(batch_size), "start_seed": START_SEED,
-        "precision": job.precision, "bn_recompute": job.bn_recompute,
+        "precision": job.precision, "bn_recompute": job.bn_recompute, "task": job.task,
         "atol": ATOL, "params": "all trainable parameters", "hvp": "double backward, float64 sum over batches",
         "solver": "lanczos, full reorthogonalization",
     }
     sharing = ranks_per_device(comm, h.device)  # collective
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     memory = engine.on_all(comm, lambda: plan_memory(n, max_iter, memory_budget(h.device, sharing)))  # before any work
-    evaluation = Evaluation(job.dir_type, job.loss_name, job.batch_size, job.precision,
-                            bn_calibration=calibration_split(job, h.train))  # the surface's own, from its config
+    evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
+                            precision=job.precision, bn_calibration=calibration_split(job, h.train))  # the surface's
     evaluator = HessianEvaluator(model, h.data, h.directions, evaluation=evaluation, batch_size=batch_size,
                                  device=h.device, tol=tol, max_iter=max_iter,
                                  memory=memory)

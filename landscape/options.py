@@ -30,6 +30,7 @@ DeviceKind = Literal["auto", "cpu", "cuda"]
 WriteMode = Literal["auto", "parallel", "gather"]
 SubsetMode = Literal["first", "random"]
 SplitName = Literal["train", "test"]
+TaskName = Literal["classification", "regression"]
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
 LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
@@ -89,6 +90,9 @@ class Job:
                                                      "the grid covers the projected path", "directions")
     seed: int = option(0, "seed of the directions (x drawn first, then y) and of the initialization without "
                        "`--model_file`", "directions")
+    task: TaskName = option("classification", "what is measured: `classification` (loss and accuracy of class "
+                            "indices), `regression` (mean squared error of float targets, or your own loss; no "
+                            "accuracy)", "evaluation")
     loss_name: str = option("crossentropy", "`crossentropy`, `mse` (mean over classes of (softmax − one-hot)², as "
                             "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)

@@ -184,3 +184,17 @@ def wide_net():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 30000), torch.nn.ReLU(),
                                torch.nn.Linear(30000, 10))
+
+
+def regressor():
+    """One output per example: a regression model."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def regression_data():
+    """y = sin(x₀) + x₁/2 with float targets: (train, test)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = torch.sin(x[:, 0]) + x[:, 1] / 2
+    return (x[:240], y[:240]), (x[240:], y[240:])

@@ -28,7 +28,7 @@ from ..core.device import free_memory
 from ..core.evaluate import AUTOCAST_DTYPES, Evaluation
 from ..core.grid import Grid
 from ..core.models import Snapshot
-from ..core.tasks import Classification, logits_of
+from ..core.tasks import logits_of, make_task
 from ..core.theta import ThetaWriter
 from ..errors import UserError
 from ..io.surface_file import HESSIAN_METRICS
@@ -270,7 +270,7 @@ class HessianEvaluator:
                                       batch_size=evaluation.batch_size)
         amp = AUTOCAST_DTYPES[evaluation.precision]
         self.autocast = lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None)
-        task = Classification(evaluation.loss_name)
+        task = make_task(evaluation.task, evaluation.loss_name)
         data = split.to(device)
         self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels,
                                         lambda out, y: task.loss(logits_of(out).float(), y), batch_size=batch_size,

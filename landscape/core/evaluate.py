@@ -20,7 +20,7 @@ from .bn import BNRecalibration
 from .data import Split
 from .directions import Direction
 from .models import Snapshot
-from .tasks import Classification, Task, logits_of
+from .tasks import Task, logits_of, make_task
 from .theta import ThetaWriter
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,6 +42,7 @@ class SurfaceEvaluator:
         directions: list[Direction],
         *,
         dir_type: str = "weights",
+        task: str = "classification",
         loss_name: str = "crossentropy",
         batch_size: int = 512,
         device: torch.device | str = "cpu",
@@ -55,7 +56,7 @@ class SurfaceEvaluator:
     ):
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-        self.task: Task = Classification(loss_name)
+        self.task: Task = make_task(task, loss_name)
         self.device = torch.device(device)
         self.snapshot = Snapshot(model)  # restore() leaves the model as it was: device, layout, flags
         self.model = model.to(self.device).eval()
@@ -112,11 +113,12 @@ class SurfaceEvaluator:
         """The metrics of the model as it is ([loss, acc] per split), one device sync."""
         columns = []
         for split in self.splits.values():
-            totals = torch.zeros(len(self.task.metrics), dtype=torch.float64, device=self.device)
+            totals, count = torch.zeros(len(self.task.metrics), dtype=torch.float64, device=self.device), 0
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
                     totals += self.task.sums(logits_of(self.forward(xb)).float(), yb)
-            columns.append(self.task.means(totals, len(split)))
+                count += self.task.count(yb)
+            columns.append(self.task.means(totals, count))
         return torch.cat(columns)
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
@@ -170,11 +172,12 @@ class SurfaceEvaluator:
         tensors = [s[:k] for s in self.stack]
         columns = []
         for split in self.splits.values():
-            totals = torch.zeros(k, len(self.task.metrics), dtype=torch.float64, device=self.device)
+            totals, count = torch.zeros(k, len(self.task.metrics), dtype=torch.float64, device=self.device), 0
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
                     totals += self.task.sums(self.batched_forward(tensors, xb).float(), yb, stacked=True)
-            columns.append(self.task.means(totals, len(split)))
+                count += self.task.count(yb)
+            columns.append(self.task.means(totals, count))
         return torch.cat(columns, dim=1)
 
 
@@ -186,6 +189,7 @@ class Evaluation:
     dir_type: str = "weights"
     loss_name: str = "crossentropy"
     batch_size: int = 512
+    task: str = "classification"
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool = False
@@ -194,7 +198,7 @@ class Evaluation:
     def evaluator(self, model: nn.Module, splits: dict[str, Split], directions: list[Direction], device,
                   points_per_pass: int = 1, sharing: int = 1) -> SurfaceEvaluator:
         """`sharing`: ranks using the same device (they split its memory)."""
-        return SurfaceEvaluator(model, splits, directions, dir_type=self.dir_type, loss_name=self.loss_name,
+        return SurfaceEvaluator(model, splits, directions, dir_type=self.dir_type, task=self.task, loss_name=self.loss_name,
                                 batch_size=self.batch_size, device=device, points_per_pass=points_per_pass,
                                 precision=self.precision, compile=self.compile, channels_last=self.channels_last,
                                 bn_calibration=self.bn_calibration, sharing=sharing)

@@ -1,13 +1,16 @@
 """Tasks: what is measured at a point, given a batch and the model's output.
 
-A task returns per-batch sums of each of its metrics (float64 on the device); the evaluator
-adds them over the batches of a split and divides by the number of examples. Losses live
-here, not in the evaluator; the Hessian takes `loss` (summed, differentiable).
+A task returns per-batch sums of each of its metrics (float64 on the device) and the count
+they are averaged by (examples, or predicted tokens); the evaluator adds both over the batches
+of a split and takes `means`. Losses live here, not in the evaluator; the Hessian takes `loss`
+(summed, differentiable) and `count`.
 
-`Classification` (the reference tool's): per-example loss and accuracy in percent.
-  crossentropy: −log softmax(z)_y;  mse: mean over classes of (softmax(z) − onehot(y))²
-  (the reference implementation's MSE on softmax outputs);  `package.module:fn(logits,
+`Classification` (`--task classification`, the reference tool's): per-example loss, accuracy
+  in percent. crossentropy: −log softmax(z)_y;  mse: mean over classes of (softmax(z) −
+  onehot(y))² (the reference implementation's MSE on softmax outputs);  `package.module:fn(logits,
   labels) -> summed loss`: the user's own.
+`Regression` (`--task regression`): per-example mean over outputs of (f(x) − y)², or the
+  user's own loss; no accuracy.
 """
 from __future__ import annotations
 
@@ -47,8 +50,11 @@ class Task(Protocol):
     def sums(self, outputs: torch.Tensor, targets: torch.Tensor, stacked: bool = False) -> torch.Tensor:
         """float64 sums of each metric over the batch: (m,) for one point, (k, m) for k stacked points."""
 
-    def means(self, totals: torch.Tensor, n: int) -> torch.Tensor:
-        """The metrics of a split from its sums over n examples."""
+    def count(self, targets: torch.Tensor) -> int:
+        """What the batch's sums are averaged by: its examples (or predicted tokens)."""
+
+    def means(self, totals: torch.Tensor, count) -> torch.Tensor:
+        """The metrics of a split from its sums and its total count."""
 
 
 class Classification:
@@ -92,9 +98,58 @@ class Classification:
         return torch.stack([loss.double(), correct], dim=-1)
 
     @staticmethod
-    def means(totals: torch.Tensor, n: int) -> torch.Tensor:
+    def count(labels: torch.Tensor) -> int:
+        return len(labels)
+
+    @staticmethod
+    def means(totals: torch.Tensor, n) -> torch.Tensor:
         """[mean loss, accuracy in percent] from the sums over a split of n examples."""
         return torch.stack([totals[..., 0] / n, totals[..., 1] * (100.0 / n)], dim=-1)
+
+
+class Regression:
+    """loss: the per-example mean over outputs of (f(x) − y)² (or the user's own summed loss)."""
+
+    metrics = ("loss",)
+
+    def __init__(self, loss_name: str = "mse"):
+        if loss_name not in ("mse", "crossentropy") and not is_import_path(loss_name):
+            raise UserError(f"--task regression takes --loss_name mse or your own package.module:function, not {loss_name!r}")
+        self.loss_name = "mse" if loss_name == "crossentropy" else loss_name  # crossentropy: the option's default
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss_name != "mse":
+            return resolve(self.loss_name, "--loss_name")(outputs, targets)
+        return self.stacked_losses(outputs.unsqueeze(0), targets)[0]
+
+    def stacked_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(k,) sums for k stacked points' outputs (k, batch, ...)."""
+        if self.loss_name != "mse":
+            return torch.stack([self.loss(z, targets) for z in outputs])
+        err = (outputs - targets.reshape(outputs.shape[1:]).to(outputs.dtype)).pow(2)
+        return err.reshape(len(outputs), outputs.shape[1], -1).mean(-1).sum(-1)
+
+    def sums(self, outputs: torch.Tensor, targets: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+        loss = self.stacked_losses(outputs, targets) if stacked else self.loss(outputs, targets)
+        return loss.double().unsqueeze(-1)
+
+    @staticmethod
+    def count(targets: torch.Tensor) -> int:
+        return len(targets)
+
+    @staticmethod
+    def means(totals: torch.Tensor, n) -> torch.Tensor:
+        return totals / n
+
+
+TASKS = {"classification": Classification, "regression": Regression}
+
+
+def make_task(task: str = "classification", loss_name: str = "crossentropy") -> Task:
+    """The task named by --task, with its loss."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[task](loss_name)
 
 
 def summed_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -167,7 +167,8 @@ def implied_job(f: h5py.File) -> dict:
     """What a job description without the keys added after format version 1 stands for: the
     precision of its config (fp32 without one); its model code and value-changing batch size
     are unknown."""
-    return {"precision": read_provenance(f).config.get("precision", "fp32"), "model_code": ANY, "batch_size": ANY}
+    return {"precision": read_provenance(f).config.get("precision", "fp32"), "model_code": ANY, "batch_size": ANY,
+            "task": "classification"}
 
 
 def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask: str = "mask",
@@ -211,7 +212,8 @@ def _plain(v):
 
 
 #: settings of a group (a Hessian map) written before these keys existed
-IMPLIED_SETTINGS = {"precision": "fp32", "bn_recompute": 0, "subset_draw": "torch randperm(subset_seed), sorted"}
+IMPLIED_SETTINGS = {"precision": "fp32", "bn_recompute": 0, "subset_draw": "torch randperm(subset_seed), sorted",
+                    "task": "classification"}
 
 
 def prepare_group(path: str | Path, group: str, grid: Grid, metrics: list[str], settings: dict, *, mask: str,
