@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__, engine, options
 from .analysis.hessian import ATOL, START_SEED, HessianEvaluator, memory_budget, plan_memory, sub_grid, unconverged
 from .analysis.trajectory import ModelDirections, job_directions, record_checkpoint_losses
-from .core.data import SUBSET_SEED, Split, as_splits, check_labels, load_dataset
+from .core.data import SUBSET_SEED, Split, as_splits, check_labels, check_tokens, load_dataset
 from .core.data import subset as subset_of
 from .core.device import pick_device, ranks_per_device, set_threads
 from .core.directions import (
@@ -39,7 +39,17 @@ from .core.directions import (
 from .core.evaluate import Evaluation, fastest_points_per_pass
 from .core.grid import Grid
 from .core.importpath import check_loss, is_import_path
-from .core.models import Snapshot, batch_statistics, build_model, code_identity, device_of, load_checkpoint, num_outputs, run_model
+from .core.models import (
+    Snapshot,
+    batch_statistics,
+    build_model,
+    code_identity,
+    device_of,
+    load_checkpoint,
+    num_outputs,
+    run_model,
+    vocab_and_context,
+)
 from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
@@ -148,6 +158,8 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
             return {name: check_labels(s, classes, name) for name, s in splits.items()}
 
         splits = engine.on_all(comm, class_indices)
+    if job.task == "causal_lm":  # token ids below the vocabulary, sequences within the context
+        engine.on_all(comm, lambda: check_language_data(model, splits, snapshot))
     sharing = ranks_per_device(comm, device)  # collective; ranks on one GPU share its memory
     evaluator = evaluation.evaluator(model, splits, directions, device, points_per_pass=max(job.points_per_pass, 1),
                                      sharing=sharing)
@@ -206,6 +218,18 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                          tuple(notes), evaluation)
 
 
+def check_language_data(model: nn.Module, splits: dict[str, Split], snapshot: Snapshot | None = None) -> None:
+    """Every split's token ids and labels below the model's vocabulary, its sequences no longer
+    than the model's context (see core.data.check_tokens)."""
+    try:
+        vocab, context = vocab_and_context(model, next(iter(splits.values())).inputs.to(device_of(model)))
+    finally:
+        if snapshot is not None:
+            snapshot.restore()
+    for name, split in splits.items():
+        check_tokens(split, vocab, context, name)
+
+
 # ---------------------------------------------------------------- jobs of the CLI
 
 
@@ -216,11 +240,14 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     device = engine.on_all(comm, lambda: pick_device(job.device, comm))  # collective; a mistake stops every rank
 
     def load():
-        model = build_model(job.model, seed=job.seed)
+        model = build_model(job.model, seed=job.seed, task=job.task)
         if job.model_file:
             load_checkpoint(model, job.model_file)
-        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode))
+        splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode),
+                              seq_len=job.seq_len)
         sample = splits[job.splits[0]]
+        if job.task == "causal_lm":
+            check_language_data(model, splits)
         if is_import_path(job.loss_name):
             check_loss(job.loss_name, run_model(model, sample.inputs[:4], job.model), sample.labels[:4])
         elif job.task == "classification":
@@ -245,7 +272,7 @@ def calibration_split(job: options.Job, train: Split | None = None) -> Split | N
     if train is not None and (not job.subset or (job.subset_mode == "first" and job.subset >= n)):
         return subset_of(train, n, "first", "train", "--bn_recompute")
     return load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"], subset=(n, "first"),
-                        flag="--bn_recompute")["train"]
+                        flag="--bn_recompute", seq_len=job.seq_len)["train"]
 
 
 def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:

@@ -30,7 +30,7 @@ DeviceKind = Literal["auto", "cpu", "cuda"]
 WriteMode = Literal["auto", "parallel", "gather"]
 SubsetMode = Literal["first", "random"]
 SplitName = Literal["train", "test"]
-TaskName = Literal["classification", "regression"]
+TaskName = Literal["classification", "regression", "causal_lm"]
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
 LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
@@ -60,15 +60,19 @@ class Job:
     """A surface job: every flag of `landscape surface`, grouped as in the reference table."""
 
     model: str = option("digits_cnn", "`digits_cnn`, `digits_mlp`; CIFAR-10: `resnet20`, `resnet56`, `resnet110` "
-                        "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; or your own "
-                        "`package.module:factory`", "inputs")
+                        "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; your own "
+                        "`package.module:factory`; or `hf:FOLDER`, a transformers model saved with `save_pretrained` "
+                        "(loaded offline; a sequence classifier with `--task classification`, else a causal LM)", "inputs")
     model_file: Optional[str] = option(None, "checkpoint of θ*: a state_dict, `{'state_dict': ...}` / "
-                                       "`{'model': ...}`, `module.` prefixes, or a saved model; without it the model "
-                                       "is initialized from `--seed`", "inputs")
-    dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`), or your own "
-                          "`package.module:factory`", "inputs")
+                                       "`{'model': ...}`, `module.` prefixes, a saved model, or a `.safetensors` file; "
+                                       "without it the model is initialized from `--seed`", "inputs")
+    dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`), `tokens:PATH` (a flat uint16 token "
+                          "file, `.u32.bin`: uint32, in blocks of `--seq_len`; test split: the file named with `train` "
+                          "→ `val` or `test`), or your own `package.module:factory`", "inputs")
     data_dir: Optional[str] = option(None, "`cifar10`: the folder holding `cifar-10-batches-py` (or that folder "
                                      "itself)", "inputs")
+    seq_len: int = option(0, "`tokens:` datasets: tokens per block (consecutive, non-overlapping; `--subset` "
+                          "counts blocks); at most the model's context", "inputs")
     splits: list[SplitName] = option(["train"], "splits to evaluate, comma-separated: `train,test`", "inputs")
     x: str = option("-1:1:51", "x grid `min:max:num`, ends included, e.g. `--x=-1:1:51`", "grid")
     y: Optional[str] = option(None, "y grid `min:max:num`; leave out for a 1D surface", "grid")
@@ -92,7 +96,8 @@ class Job:
                        "`--model_file`", "directions")
     task: TaskName = option("classification", "what is measured: `classification` (loss and accuracy of class "
                             "indices), `regression` (mean squared error of float targets, or your own loss; no "
-                            "accuracy)", "evaluation")
+                            "accuracy), `causal_lm` (next-token cross-entropy of token ids, the mean per predicted "
+                            "token, and next-token accuracy)", "evaluation")
     loss_name: str = option("crossentropy", "`crossentropy`, `mse` (mean over classes of (softmax − one-hot)², as "
                             "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)
@@ -343,6 +348,8 @@ def refuse_ignored(job: Job, given: set[str]) -> None:
     (the rules of analysis.trajectory.job_directions and api.load_inputs)."""
     if "data_dir" in given and job.dataset != "cifar10":
         raise UserError(f"--data_dir is read only by --dataset cifar10, not {job.dataset!r}: leave out --data_dir")
+    if "seq_len" in given and not job.dataset.startswith("tokens:"):
+        raise UserError(f"--seq_len is read only by --dataset tokens:PATH, not {job.dataset!r}: leave out --seq_len")
     not_random = {"dir_file": "the directions come from that file",
                   "model_file2": f"x is θ₂ − θ₁{' and y is θ₃ − θ₁' if job.model_file3 else ''}, not drawn at random",
                   "trajectory": "the directions are the checkpoints' PCA directions"}

@@ -51,6 +51,9 @@ fi
 # xarray + h5netcdf (the files read as xarray datasets, tested) and ruff (the linter the tests run);
 # after h5py, so that h5netcdf finds the MPI build already there and pip leaves it alone
 "$VPY" -c "import xarray, h5netcdf" 2>/dev/null && [ -x .venv/bin/ruff ] || pip_install xarray h5netcdf ruff
+# transformers (optional: --model hf:FOLDER, the language-model tests); its requirements take neither
+# torch nor h5py, so the pinned CPU torch and the MPI h5py above stay as they are
+"$VPY" -c "import transformers" 2>/dev/null || pip_install transformers
 
 pip_install --no-deps --no-build-isolation -e . >/dev/null
 log "ready: $("$VPY" -c 'import torch, h5py, mpi4py; print(f"torch {torch.__version__}, h5py {h5py.__version__} (mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}")')"

@@ -1,7 +1,8 @@
 """Hessian eigenvalue maps: λmax, λmin (and |λmin/λmax|) of the loss at θ* + αδ + βη.
 
 - `HessianVectorProduct`: v ↦ H v, H = ∇²_θ L(θ), L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i) over a data
-  subset, θ = every trainable parameter of the model as it is now (a tied one once: `parameters()`);
+  subset, n = the task's count over the subset (examples; predicted tokens for causal_lm, so
+  L is the mean per-token loss), θ = every trainable parameter of the model as it is now (a tied one once: `parameters()`);
   floating-point inputs are cast to θ's dtype, integer ones (token ids) are left as they are.
   Double backward: per batch b, g_b = ∇_θ Σ_{i∈b} ℓ_i is built with create_graph=True, then
   H v = (1/n) Σ_b ∂(g_b·v)/∂θ (one more backward with grad_outputs=v), summed over batches in
@@ -85,10 +86,12 @@ class HessianVectorProduct:
     graphs g_b that fit `memory` bytes (default `memory_budget`); products rebuild the others."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
-                 batch_size: int = 512, memory: int | None = None, autocast=contextlib.nullcontext):
+                 batch_size: int = 512, memory: int | None = None, autocast=contextlib.nullcontext, count=len):
         """loss_fn(outputs, labels): the loss summed over the batch; autocast(): the context of
-        each forward pass (the surface's precision)."""
+        each forward pass (the surface's precision); count(labels): n, what the sums are averaged
+        by (the task's count: examples, or predicted tokens)."""
         self.model, self.inputs, self.labels, self.loss_fn = model, inputs, labels, loss_fn
+        self.count = count(labels)
         self.autocast = autocast
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -128,7 +131,7 @@ class HessianVectorProduct:
                 with torch.no_grad(), self.autocast():
                     loss = self.loss_fn(self.model(self._inputs(lo, hi)), self.labels[lo:hi])
             total += loss.detach().double()
-        return float(total) / len(self.labels)
+        return float(total) / self.count
 
     def release(self) -> None:
         self.kept = []
@@ -156,7 +159,7 @@ class HessianVectorProduct:
                 acc += self._product(self.kept[b], vs)
             else:
                 acc += self._product(self._grad_graph(lo, hi)[1], vs)
-        return acc / len(self.labels)
+        return acc / self.count
 
 
 # ---------------------------------------------------------------- the eigen-solver
@@ -263,6 +266,10 @@ class HessianEvaluator:
         device = torch.device(device)
         self.snapshot = Snapshot(model)
         self.model = model.to(device).eval()
+        # a transformers model's fused attention (SDPA) has no second derivative: eager attention here
+        self.attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        if self.attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
         self.theta = ThetaWriter(self.model, directions, evaluation.dir_type)
         self.bn = None
         if evaluation.bn_calibration is not None:
@@ -274,7 +281,7 @@ class HessianEvaluator:
         data = split.to(device)
         self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels,
                                         lambda out, y: task.loss(logits_of(out).float(), y), batch_size=batch_size,
-                                        memory=memory, autocast=self.autocast)
+                                        memory=memory, autocast=self.autocast, count=task.count)
         self.tol, self.max_iter = float(tol), int(max_iter)
 
     def solve(self, coord) -> EigResult:
@@ -295,6 +302,8 @@ class HessianEvaluator:
         if self.bn is not None:
             self.bn.restore()
         self.snapshot.restore()
+        if self.attention not in (None, "eager") and hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation(self.attention)
 
 
 def sub_grid(x: np.ndarray, y: np.ndarray | None, stride: int) -> Grid:

@@ -14,6 +14,12 @@ uint8 (N, 3072) rows of 3 channel planes of 32x32, and b'labels'); `train` is
 data_batch_1..5 (50000 images), `test` is test_batch (10000), in file order. Pixels are
 scaled to [0, 1] and normalized per channel with CIFAR_MEAN / CIFAR_STD; no augmentation.
 
+`tokens:PATH`: a nanoGPT-style flat token file (uint16 ids, uint32 when the name ends with
+`.u32.bin`; no header), read through np.memmap, cut into consecutive non-overlapping blocks of
+`--seq_len` tokens (a last partial block is left out); inputs = labels = the blocks' ids (int64).
+`train` is PATH; `test` is the sibling file named with `train` replaced by `val`, else by `test`
+(train.bin → val.bin or test.bin), when it exists. Only the blocks used are read.
+
 `package.module:factory`: the user's own; see `from_factory`.
 """
 from __future__ import annotations
@@ -298,9 +304,72 @@ def from_factory(path: str, splits=None, pick=None) -> dict[str, Split]:
     return {s: as_split(parts[s], f"{source} split {s!r}", pick and functools.partial(pick, s)) for s in splits}
 
 
+TOKENS_PREFIX = "tokens:"
+
+
+def token_file(train: Path, split: str) -> Path:
+    """The file of `split`: `train` itself; for `test`, `train` with 'train' replaced by 'val',
+    else by 'test', in its file name (the first that exists)."""
+    if split == "train":
+        return train
+    for other in ("val", "test"):
+        candidate = train.with_name(train.name.replace("train", other))
+        if "train" in train.name and candidate.is_file():
+            return candidate
+    raise UserError(f"--dataset tokens:{train} has no test split (no {train.name.replace('train', 'val')!r} or "
+                    f"{train.name.replace('train', 'test')!r} next to it; the train file's name must contain "
+                    "'train'): use --splits train")
+
+
+def tokens(path: str, seq_len: int, splits=SPLITS, pick=None) -> dict[str, Split]:
+    """Blocks of `seq_len` token ids of a flat token file (see the module's docstring); `pick(split,
+    size)`: the blocks to read (sorted; None: all)."""
+    train = Path(path)
+    if seq_len < 1:
+        raise UserError(f"--dataset tokens:{path} needs --seq_len N, the tokens per block (e.g. 256)")
+    out = {}
+    for name in splits:
+        file = token_file(train, name)
+        if not file.is_file():
+            raise UserError(f"token file {str(file)!r} does not exist: check --dataset tokens:PATH")
+        dtype = np.dtype(np.uint32 if file.name.endswith(".u32.bin") else np.uint16)
+        size = file.stat().st_size
+        if size == 0 or size % dtype.itemsize:
+            raise UserError(f"token file {str(file)!r} is {'empty' if size == 0 else f'{size} bytes, not whole {dtype} ids'}: "
+                            "write the ids with np.array(ids, dtype=np.uint16).tofile(path) (uint32: name it *.u32.bin)")
+        ids = np.memmap(file, dtype=dtype, mode="r")
+        n = len(ids) // seq_len
+        if n == 0:
+            raise UserError(f"--seq_len {seq_len} is longer than token file {str(file)!r} ({len(ids)} tokens): "
+                            f"choose at most {len(ids)}")
+        rows = pick(name, n) if pick else None
+        blocks = ids[: n * seq_len].reshape(n, seq_len)
+        blocks = torch.from_numpy(np.asarray(blocks if rows is None else blocks[rows], dtype=np.int64))
+        out[name] = Split(blocks, blocks)
+        del ids
+    return out
+
+
+def check_tokens(split: Split, vocab: int, context: int | None, name: str) -> None:
+    """Token ids (batch, T) in 0..vocab-1 (labels may also be −100: not predicted), T ≤ `context`."""
+    ids = split.inputs
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise UserError(f"split {name!r} has inputs {ids.dtype} {tuple(ids.shape)}: --task causal_lm takes token "
+                        "ids (examples, seq_len), e.g. --dataset tokens:PATH --seq_len N")
+    if context is not None and ids.shape[1] > context:
+        raise UserError(f"--seq_len {ids.shape[1]} is longer than the model's context ({context} positions, "
+                        f"config.max_position_embeddings): choose --seq_len {context} or less")
+    labels = split.labels[split.labels != -100]
+    for what, t in (("token ids", ids), ("labels", labels)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab):
+            raise UserError(f"split {name!r} has {what} in [{int(t.min())}, {int(t.max())}] but the model's vocabulary "
+                            f"has {vocab} tokens: use the tokenizer of this model")
+
+
 def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS, subset: tuple[int, str] | None = None,
-                 flag: str = "--subset") -> dict[str, Split]:
-    """The named splits of dataset `name` (a name of DATASETS or `package.module:factory`).
+                 flag: str = "--subset", seq_len: int = 0) -> dict[str, Split]:
+    """The named splits of dataset `name` (a name of DATASETS, `tokens:PATH` cut into blocks of
+    `seq_len` tokens, or `package.module:factory`).
     `subset` (n, mode): only the examples that `subset(split, n, mode)` keeps are converted (a
     Dataset is asked for those items only); `flag` names n in messages."""
     splits = list(splits)
@@ -312,6 +381,8 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS
         return digits(splits, pick)
     if name == "cifar10":
         return cifar10(data_dir, splits, pick)
+    if name.startswith(TOKENS_PREFIX):
+        return tokens(name[len(TOKENS_PREFIX):], seq_len, splits, pick)
     if is_import_path(name):
         return from_factory(name, splits, pick)
     raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "

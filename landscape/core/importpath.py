@@ -12,9 +12,11 @@ import sys
 
 from ..errors import UserError
 
+PATH_PREFIXES = ("hf:", "tokens:")  # `hf:FOLDER` models and `tokens:FILE` datasets name files, not modules
+
 
 def is_import_path(name) -> bool:
-    return isinstance(name, str) and ":" in name
+    return isinstance(name, str) and ":" in name and not name.startswith(PATH_PREFIXES)
 
 
 @functools.cache

@@ -1,10 +1,12 @@
 """Model registry and checkpoint loading.
 
-A model is a registry name (the digits demo models, the CIFAR-10 zoo of landscape.zoo) or
-the user's own factory `package.module:factory` (called with no arguments, returning an
-nn.Module)."""
+A model is a registry name (the digits demo models, the CIFAR-10 zoo of landscape.zoo), the
+user's own factory `package.module:factory` (called with no arguments, returning an
+nn.Module), or `hf:FOLDER`, a Hugging Face transformers model written by `save_pretrained`
+(config.json + weights), loaded offline (HF_HUB_OFFLINE=1, local_files_only=True)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -106,8 +108,42 @@ def code_identity(model: nn.Module, name: str | None = None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def build_model(name: str, seed: int = 0) -> nn.Module:
-    """The named model (or the one `package.module:factory` returns), initialized from `seed`."""
+HF_PREFIX = "hf:"
+
+
+def load_hf(folder: str, task: str = "classification") -> nn.Module:
+    """The transformers model saved in `folder`: AutoModelForSequenceClassification for
+    `--task classification`, else AutoModelForCausalLM; float32, eval mode, dropout p = 0.
+    Never goes to the network: compute nodes have none."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.is_dir() else "has no config.json"
+        raise UserError(f"--model hf:{folder}: the folder {folder!r} {what}: give a folder written by the model's "
+                        "save_pretrained (config.json and model.safetensors), on this machine")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("--model hf:... needs the transformers package: pip install transformers") from None
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar from every rank
+    auto = (transformers.AutoModelForSequenceClassification if task == "classification"
+            else transformers.AutoModelForCausalLM)
+    try:
+        model = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except Exception as exc:  # an unknown architecture, missing or broken weights
+        raise UserError(f"--model hf:{folder}: {auto.__name__} cannot load it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    for m in model.modules():  # landscape evaluates in eval mode already; no dropout left to switch on
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model.eval()
+
+
+def build_model(name: str, seed: int = 0, task: str = "classification") -> nn.Module:
+    """The named model (or the one `package.module:factory` returns), initialized from `seed`;
+    `hf:FOLDER`: the saved transformers model for `task` (see `load_hf`)."""
+    if name.startswith(HF_PREFIX):
+        return load_hf(name[len(HF_PREFIX):], task)
     if is_import_path(name):
         factory = resolve(name, "--model")
     elif name in MODELS:
@@ -146,12 +182,31 @@ def num_outputs(model: nn.Module, inputs: torch.Tensor, name: str = "the model")
     return int(out.shape[1])
 
 
+def vocab_and_context(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> tuple[int, int | None]:
+    """(vocabulary size, longest sequence or None) of a language model: `config.vocab_size` and
+    `config.max_position_embeddings` when it has them, else the logits' last dim of one example."""
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is None:
+        vocab = run_model(model, inputs[:1], name).shape[-1]
+    return int(vocab), getattr(config, "max_position_embeddings", None)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint: a plain state_dict, or one wrapped as {'state_dict': ...} or
-    {'model': ...}, or a whole saved model; `module.` prefixes (DataParallel/DDP) removed."""
+    {'model': ...}, or a whole saved model, or a `.safetensors` file; `module.` prefixes
+    (DataParallel/DDP) removed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist: check --model_file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as exc:
+            raise UserError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}): is it a "
+                            "safetensors file?") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # pickle, zip or torch errors: all mean "not a checkpoint"
@@ -180,6 +235,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     as the reference tool's): the model keeps its own."""
     state = read_state_dict(path)
     own = model.state_dict()
+    shared = {}  # tied tensors (an LM head tied to the embedding) are saved once by safetensors
+    for k, v in own.items():
+        if v.numel():
+            shared.setdefault(v.data_ptr(), []).append(k)
+    for keys in shared.values():
+        for k in keys:
+            if k not in state and any(o in state for o in keys):
+                state[k] = state[next(o for o in keys if o in state)]
     for k in own:
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = own[k]

@@ -11,6 +11,8 @@ of a split and takes `means`. Losses live here, not in the evaluator; the Hessia
   labels) -> summed loss`: the user's own.
 `Regression` (`--task regression`): per-example mean over outputs of (f(x) − y)², or the
   user's own loss; no accuracy.
+`CausalLM` (`--task causal_lm`): next-token cross-entropy of token ids, summed over the predicted
+  tokens and averaged by their count; accuracy of the next token.
 """
 from __future__ import annotations
 
@@ -142,7 +144,52 @@ class Regression:
         return totals / n
 
 
-TASKS = {"classification": Classification, "regression": Regression}
+IGNORE_INDEX = -100  # a label that is not predicted (Hugging Face's convention)
+
+
+class CausalLM:
+    """Next-token prediction. Inputs: token ids (batch, T) int64; labels: the same ids, or −100
+    where a token is not predicted; logits z (batch, T, vocab) ((k, batch, T, vocab) stacked).
+    Position t predicts token t+1: P = {(b, t) : t < T−1, y[b, t+1] ≠ −100},
+      loss = Σ_{(b,t)∈P} −log softmax(z[b, t])_{y[b, t+1]},   count = |P|,
+      acc  = 100 · #{(b,t)∈P : argmax z[b, t] = y[b, t+1]} / |P|,
+    so the split's loss is the mean per predicted token (Hugging Face's `labels=` loss over the split)."""
+
+    metrics = ("loss", "acc")
+
+    def __init__(self, loss_name: str = "crossentropy"):
+        if loss_name != "crossentropy":
+            raise UserError(f"--task causal_lm takes only --loss_name crossentropy (next-token), not {loss_name!r}")
+        self.loss_name = loss_name
+
+    @staticmethod
+    def stacked_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(k,) summed next-token losses of k stacked points' logits (k, batch, T, vocab)."""
+        z, y = logits[..., :-1, :], labels[:, 1:].expand(len(logits), -1, -1)
+        ce = F.cross_entropy(z.flatten(0, -2), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        return ce.view(len(logits), -1).sum(1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The next-token loss summed over the predicted tokens (differentiable)."""
+        return self.stacked_losses(logits.unsqueeze(0), labels)[0]
+
+    def sums(self, logits: torch.Tensor, labels: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+        """float64 [loss sum, correct next tokens]: (2,) for one point, (k, 2) for k stacked points."""
+        z = logits if stacked else logits.unsqueeze(0)
+        y = labels[:, 1:]
+        correct = ((z[..., :-1, :].argmax(-1) == y) & (y != IGNORE_INDEX)).sum((-2, -1)).double()
+        out = torch.stack([self.stacked_losses(z, labels).double(), correct], dim=-1)
+        return out if stacked else out[0]
+
+    @staticmethod
+    def count(labels: torch.Tensor) -> int:
+        """The predicted tokens: labels y[:, 1:] that are not −100."""
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+    means = staticmethod(Classification.means)
+
+
+TASKS = {"classification": Classification, "regression": Regression, "causal_lm": CausalLM}
 
 
 def make_task(task: str = "classification", loss_name: str = "crossentropy") -> Task:
