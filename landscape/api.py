@@ -222,7 +222,7 @@ def check_language_data(model: nn.Module, splits: dict[str, Split], snapshot: Sn
     """Every split's token ids and labels below the model's vocabulary, its sequences no longer
     than the model's context (see core.data.check_tokens)."""
     try:
-        vocab, context = vocab_and_context(model, next(iter(splits.values())).inputs.to(device_of(model)))
+        vocab, context = vocab_and_context(model, next(iter(splits.values())).inputs[:1].to(device_of(model)))
     finally:
         if snapshot is not None:
             snapshot.restore()

@@ -267,8 +267,10 @@ class HessianEvaluator:
         self.snapshot = Snapshot(model)
         self.model = model.to(device).eval()
         # a transformers model's fused attention (SDPA) has no second derivative: eager attention here
-        self.attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        if self.attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        self.attention = attention if attention not in (None, "eager") and hasattr(model, "set_attn_implementation") \
+            else None  # the implementation to put back, when switched
+        if self.attention:
             model.set_attn_implementation("eager")
         self.theta = ThetaWriter(self.model, directions, evaluation.dir_type)
         self.bn = None
@@ -302,7 +304,7 @@ class HessianEvaluator:
         if self.bn is not None:
             self.bn.restore()
         self.snapshot.restore()
-        if self.attention not in (None, "eager") and hasattr(self.model, "set_attn_implementation"):
+        if self.attention:
             self.model.set_attn_implementation(self.attention)
 
 

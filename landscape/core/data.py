@@ -35,6 +35,7 @@ import torch
 
 from ..errors import UserError
 from ..options import SPLITS
+from .device import free_memory
 from .importpath import is_import_path, resolve
 
 DATASETS = ("digits", "cifar10")
@@ -73,7 +74,7 @@ class Split:
         host, pinned for a GPU, and copied batch by batch (see `batches`)."""
         device = torch.device(device)
         if resident is None:
-            resident = device.type != "cuda" or self.nbytes * max(1, sharing) <= torch.cuda.mem_get_info(device)[0] // 2
+            resident = device.type != "cuda" or self.nbytes * max(1, sharing) <= free_memory(device) // 2
         if resident:
             return self.to(device, memory_format)
         host = self.to("cpu", memory_format)

@@ -14,36 +14,36 @@ def world():
 
 
 def _outcome(fn):
-    """(result, None), or (None, (kind, message)) when fn raised: kind 'user' for a UserError,
-    'other' for anything else (kept in `_outcome.exc` to re-raise on the rank that met it)."""
+    """(result, None, None), or (None, (kind, message), exception) when fn raised: kind 'user' for
+    a UserError, 'other' for anything else. Only (result, error) travel between ranks; the
+    exception stays on the rank that met it, to be raised there."""
     try:
-        return fn(), None
+        return fn(), None, None
     except UserError as exc:
-        return None, ("user", str(exc))
+        return None, ("user", str(exc)), exc
     except Exception as exc:
-        _outcome.exc = exc
-        return None, ("other", f"{type(exc).__name__}: {exc}")
+        return None, ("other", f"{type(exc).__name__}: {exc}"), exc
 
 
-def _raise(error, rank: int, source: int) -> None:
+def _raise(error, rank: int, source: int, own: BaseException | None) -> None:
     """Every rank raises what one rank met: the same UserError (printed once), the original
-    exception on the rank that met it, a RuntimeError naming that rank elsewhere."""
+    exception (`own`) on the rank that met it, a RuntimeError naming that rank elsewhere."""
     if error is None:
         return
     kind, message = error
     if kind == "user":
         raise SharedUserError(message)
     if rank == source:
-        raise _outcome.exc
+        raise own
     raise RuntimeError(f"rank {source} failed ({message}); this rank stops too")
 
 
 def on_root(comm, fn):
     """Run fn on rank 0 only; every rank gets its result, or raises what rank 0 met (no rank is
     left waiting in the broadcast when rank 0 fails)."""
-    result, error = _outcome(fn) if comm.rank == 0 else (None, None)
+    result, error, own = _outcome(fn) if comm.rank == 0 else (None, None, None)
     result, error = comm.bcast((result, error), root=0)
-    _raise(error, comm.rank, 0)
+    _raise(error, comm.rank, 0, own)
     return result
 
 
@@ -51,12 +51,12 @@ def on_all(comm, fn):
     """Run fn on every rank; if any rank raises, every rank raises (a UserError: the first one,
     printed once; anything else: the original on its rank, a RuntimeError naming it elsewhere),
     so no rank goes on alone into the run and waits there for the others forever."""
-    result, error = _outcome(fn)
+    result, error, own = _outcome(fn)
     errors = comm.allgather(error) if comm.size > 1 else [error]
     failed = [r for r, e in enumerate(errors) if e]
     if failed:  # an unexpected error wins over a user mistake: it is the one to see
         source = next((r for r in failed if errors[r][0] == "other"), failed[0])
-        _raise(errors[source], comm.rank, source)
+        _raise(errors[source], comm.rank, source, own)
     return result
 
 
