@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import tempfile
@@ -22,7 +23,16 @@ import torch
 from torch import nn
 
 from . import __version__, engine, options
-from .analysis.hessian import ATOL, START_SEED, HessianEvaluator, memory_budget, plan_memory, sub_grid, unconverged
+from .analysis.hessian import (
+    ATOL,
+    START_SEED,
+    HessianEvaluator,
+    hessian_parameters,
+    memory_budget,
+    plan_memory,
+    sub_grid,
+    unconverged,
+)
 from .analysis.trajectory import ModelDirections, job_directions, record_checkpoint_losses
 from .core.data import SUBSET_SEED, Split, as_splits, check_labels, check_tokens, load_dataset
 from .core.data import subset as subset_of
@@ -43,18 +53,23 @@ from .core.models import (
     Snapshot,
     batch_statistics,
     build_model,
+    cast_weights,
     code_identity,
     device_of,
     load_checkpoint,
     num_outputs,
     run_model,
     vocab_and_context,
+    weights_dtype,
 )
+from .core.selection import Selection
+from .core.tasks import task_code
 from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
 #: compute_surface's keyword options: the job options that do not name files of a CLI job
-SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "task", "loss_name", "batch_size",
+SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "params", "exclude", "task",
+                   "loss_name", "batch_size", "ranks_per_point",
                    "points_per_pass", "precision", "compile", "channels_last", "chunk", "write", "force", "progress")
 
 
@@ -135,19 +150,20 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
     splits = as_splits(data)
     norms, ignores = (job.xnorm, job.ynorm or job.xnorm), (job.xignore, job.yignore or job.xignore)
+    select = Selection.of(job.params, job.exclude)
     if directions is None:
         directions = random_directions(model, seed=job.seed, dir_type=job.dir_type, ndim=grid.ndim, norms=norms,
-                                       ignores=ignores)
+                                       ignores=ignores, select=select)
         source = {"seed": job.seed, "norm": list(norms[: grid.ndim]), "ignore": list(ignores[: grid.ndim])}
     else:
         directions = [{k: torch.as_tensor(v) for k, v in d.items()} for d in directions[: grid.ndim]]
         if len(directions) < grid.ndim:
             raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
-        check_directions(directions, model, job.dir_type, "the given directions")
+        check_directions(directions, model, job.dir_type, "the given directions", select)
         source = source or {"given": True}
     evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
                             precision=job.precision, compile=job.compile, channels_last=job.channels_last,
-                            bn_calibration=bn_calibration)
+                            bn_calibration=bn_calibration, select=select)
     snapshot = Snapshot(model)  # the model is left as it was; the evaluator moves it and sets eval mode
     if job.task == "classification" and not is_import_path(job.loss_name):  # class indices below the outputs
         def class_indices():
@@ -161,8 +177,17 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     if job.task == "causal_lm":  # token ids below the vocabulary, sequences within the context
         engine.on_all(comm, lambda: check_language_data(model, splits, snapshot))
     sharing = ranks_per_device(comm, device)  # collective; ranks on one GPU share its memory
-    evaluator = evaluation.evaluator(model, splits, directions, device, points_per_pass=max(job.points_per_pass, 1),
-                                     sharing=sharing)
+    group = engine.rank_groups(comm, job.ranks_per_point)  # collective
+    whole = splits  # the data fingerprints are of the whole splits, whatever the group size
+    if group.size > 1:
+        splits = engine.on_all(comm, lambda: shares(model, splits, group))
+    try:  # on every rank at once: the user's metric function is first called here (core.tasks.UserMetrics)
+        evaluator = engine.on_all(comm, lambda: evaluation.evaluator(model, splits, directions, device, sharing=sharing,
+                                                                     points_per_pass=max(job.points_per_pass, 1),
+                                                                     group=group))
+    except BaseException:
+        snapshot.restore()
+        raise
     notes = []
     try:
         engine.on_root(comm, evaluator.check_deterministic)
@@ -180,19 +205,24 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         tmpdir = engine.on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
         surf_file = Path(tmpdir) / "surface.h5"
     path = Path(surf_file)
+    selected = target_tensors(model, job.dir_type, select)
     identity = {
         "grid_x": [float(grid.x[0]), float(grid.x[-1]), len(grid.x)],
         "grid_y": None if grid.y is None else [float(grid.y[0]), float(grid.y[-1]), len(grid.y)],
         "splits": list(splits), "loss_name": job.loss_name, "dir_type": job.dir_type, "directions": source,
         "bn_calibration": None if bn_calibration is None else bn_calibration.fingerprint(),
         "precision": job.precision, "model_code": model_code or code_identity(model), "task": job.task,
+        **({"task_code": task_code(job.task)} if is_import_path(job.task) else {}),  # the user's metric code
+        "params": None if select.everything else {**select.record(), "tensors": len(selected),
+                                                  "numel": sum(t.numel() for t in selected.values())},
+        "weights_dtype": str(weights_dtype(model)).removeprefix("torch."),
     }
     if bn_calibration is not None or batch_statistics(model):  # then the values depend on the batches
         identity["batch_size"] = job.batch_size
 
     def prepare():
         identity.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
-                        data_fingerprint={k: s.fingerprint() for k, s in splits.items()})
+                        data_fingerprint={k: s.fingerprint() for k, s in whole.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(job.seed), **(attrs or {})}
         return surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
@@ -202,7 +232,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     parallel = False if tmpdir is not None else {"auto": None, "parallel": True, "gather": False}[job.write]
 
     def run(done):
-        return engine.run(evaluator, grid, path, done, comm=comm, chunk=job.chunk, progress=job.progress,
+        return engine.run(evaluator, grid, path, done, comm=comm, chunk=job.chunk, progress=job.progress, group=group,
                           parallel_write=parallel)
 
     try:
@@ -216,6 +246,15 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         os.rmdir(tmpdir)
     return SurfaceResult(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary,
                          tuple(notes), evaluation)
+
+
+def shares(model: nn.Module, splits: dict[str, Split], group) -> dict[str, Split]:
+    """This rank's share of every split in its group of --ranks_per_point ranks (core.data.Split.shard)."""
+    if batch_statistics(model):
+        raise UserError(f"--ranks_per_point {group.size} splits each point's batches among ranks, but the model's "
+                        "batch norm uses each batch's own statistics (track_running_stats=False): leave out "
+                        "--ranks_per_point")
+    return {name: s.shard(group.rank, group.size, name) for name, s in splits.items()}
 
 
 def check_language_data(model: nn.Module, splits: dict[str, Split], snapshot: Snapshot | None = None) -> None:
@@ -240,11 +279,12 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     device = engine.on_all(comm, lambda: pick_device(job.device, comm))  # collective; a mistake stops every rank
 
     def load():
-        model = build_model(job.model, seed=job.seed, task=job.task)
+        model = build_model(job.model, seed=job.seed, task=job.task, dtype=job.dtype)
         if job.model_file:
             load_checkpoint(model, job.model_file)
+        cast_weights(model, job.dtype)
         splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode),
-                              seq_len=job.seq_len)
+                              seq_len=job.seq_len, model=job.model, tokenizer=job.tokenizer)
         sample = splits[job.splits[0]]
         if job.task == "causal_lm":
             check_language_data(model, splits)
@@ -252,7 +292,7 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
             check_loss(job.loss_name, run_model(model, sample.inputs[:4], job.model), sample.labels[:4])
         elif job.task == "classification":
             num_outputs(model, sample.inputs[:4], job.model)  # labels are checked by compute_surface
-        else:
+        elif not is_import_path(job.task):  # the user's metric function takes any output (checked at start-up)
             run_model(model, sample.inputs[:4], job.model)
         return model, splits
 
@@ -272,7 +312,7 @@ def calibration_split(job: options.Job, train: Split | None = None) -> Split | N
     if train is not None and (not job.subset or (job.subset_mode == "first" and job.subset >= n)):
         return subset_of(train, n, "first", "train", "--bn_recompute")
     return load_dataset(job.dataset, data_dir=job.data_dir, splits=["train"], subset=(n, "first"),
-                        flag="--bn_recompute", seq_len=job.seq_len)["train"]
+                        flag="--bn_recompute", seq_len=job.seq_len, model=job.model, tokenizer=job.tokenizer)["train"]
 
 
 def same_on_all_ranks(comm, model: nn.Module, splits: dict[str, Split]) -> None:
@@ -310,7 +350,7 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
 
 def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1e-3, max_iter: int = 100,
                 batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
-                progress: bool = False, chunk: int = 0, comm=None) -> HessianResult:
+                progress: bool = False, chunk: int = 0, ranks_per_point: int = 1, comm=None) -> HessianResult:
     """Compute (or resume) the Hessian map of a surface file on every rank of `comm`.
 
     Model, θ*, data and directions are rebuilt from the file (its `config` attr and /directions);
@@ -341,7 +381,7 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in stored.directions[: grid.ndim]]
         if len(directions) < grid.ndim:
             raise UserError(f"{str(path)!r} has {len(directions)} direction(s) for a {grid.ndim}D grid: recompute the surface")
-        check_directions(directions, model, job.dir_type, str(path))
+        check_directions(directions, model, job.dir_type, str(path), Selection.of(job.params, job.exclude))
         return HessianInputs(stored, grid, job, model, splits["train"], data, directions, dev)
 
     try:
@@ -359,24 +399,35 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         if want and want != h.train.fingerprint():
             raise UserError(f"the train split of dataset {job.dataset!r} differs from the one in {str(path)!r}: "
                             "use the same data as the surface job")
+        want = h.stored.provenance.job.get("task_code")
+        if want and want != task_code(job.task):
+            raise UserError(f"the source of --task {job.task} changed since the surface in {str(path)!r} was computed: "
+                            "restore the metric function it was computed with")
 
     engine.on_root(comm, check_same_inputs)
+    select = Selection.of(job.params, job.exclude)
+    params = hessian_parameters(model, select)
     settings = {
         "stride": int(stride), "subset": int(subset), "subset_size": len(h.data), "subset_seed": SUBSET_SEED,
         "subset_draw": "numpy RandomState(subset_seed), sorted", "split": "train", "loss_name": job.loss_name,
         "tol": float(tol), "max_iter": int(max_iter), "batch_size": int(batch_size), "start_seed": START_SEED,
         "precision": job.precision, "bn_recompute": job.bn_recompute, "task": job.task,
-        "atol": ATOL, "params": "all trainable parameters", "hvp": "double backward, float64 sum over batches",
+        "atol": ATOL, "params": "all trainable parameters" if select.everything else json.dumps(select.record()),
+        "hvp": "double backward, float64 sum over batches",
         "solver": "lanczos, full reorthogonalization",
     }
+    if is_import_path(job.task):  # the user's metric code: a resume with other code is refused
+        settings["task_code"] = task_code(job.task)
     sharing = ranks_per_device(comm, h.device)  # collective
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n = sum(p.numel() for p in params)
     memory = engine.on_all(comm, lambda: plan_memory(n, max_iter, memory_budget(h.device, sharing)))  # before any work
     evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
-                            precision=job.precision, bn_calibration=calibration_split(job, h.train))  # the surface's
-    evaluator = HessianEvaluator(model, h.data, h.directions, evaluation=evaluation, batch_size=batch_size,
-                                 device=h.device, tol=tol, max_iter=max_iter,
-                                 memory=memory)
+                            precision=job.precision, bn_calibration=calibration_split(job, h.train),
+                            select=select)  # the surface's
+    group = engine.rank_groups(comm, ranks_per_point)  # collective
+    data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, group)["train"]) if group.size > 1 else h.data
+    evaluator = HessianEvaluator(model, data, h.directions, evaluation=evaluation, batch_size=batch_size,
+                                 device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=group)
 
     def prepare():
         return surface_file.prepare_group(path, surface_file.HESSIAN, h.grid, evaluator.metrics, settings,
@@ -385,7 +436,7 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
                                                  "ratio": surface_file.HESSIAN_RATIO})
 
     def run(done):
-        return engine.run(evaluator, h.grid, path, done, comm=comm, mask=surface_file.HESSIAN_MASK, chunk=chunk,
+        return engine.run(evaluator, h.grid, path, done, comm=comm, mask=surface_file.HESSIAN_MASK, chunk=chunk, group=group,
                           progress=progress, label="hessian")
 
     try:

@@ -26,11 +26,13 @@ Norm = Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"]
 Ignore = Literal["biasbn", "none"]
 LossName = Literal["crossentropy", "mse"]  # or the user's package.module:function
 Precision = Literal["fp32", "bf16", "fp16"]
+WeightsDtype = Literal["fp32", "bf16", "fp16"]
 DeviceKind = Literal["auto", "cpu", "cuda"]
 WriteMode = Literal["auto", "parallel", "gather"]
 SubsetMode = Literal["first", "random"]
+TokenizerName = Literal["auto", "bytes"]
 SplitName = Literal["train", "test"]
-TaskName = Literal["classification", "regression", "causal_lm"]
+TaskName = Literal["classification", "regression", "causal_lm"]  # or the user's package.module:function
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
 LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
@@ -60,19 +62,28 @@ class Job:
     """A surface job: every flag of `landscape surface`, grouped as in the reference table."""
 
     model: str = option("digits_cnn", "`digits_cnn`, `digits_mlp`; CIFAR-10: `resnet20`, `resnet56`, `resnet110` "
-                        "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; your own "
+                        "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; `lm_tiny` (the byte-level demo "
+                        "Llama, `--task causal_lm`); your own "
                         "`package.module:factory`; or `hf:FOLDER`, a transformers model saved with `save_pretrained` "
                         "(loaded offline; a sequence classifier with `--task classification`, else a causal LM)", "inputs")
     model_file: Optional[str] = option(None, "checkpoint of θ*: a state_dict, `{'state_dict': ...}` / "
                                        "`{'model': ...}`, `module.` prefixes, a saved model, or a `.safetensors` file; "
                                        "without it the model is initialized from `--seed`", "inputs")
-    dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`), `tokens:PATH` (a flat uint16 token "
-                          "file, `.u32.bin`: uint32, in blocks of `--seq_len`; test split: the file named with `train` "
-                          "→ `val` or `test`), or your own `package.module:factory`", "inputs")
+    dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`); token data in blocks of `--seq_len`: "
+                          "`tokens:PATH` (a flat uint16 token file, `.u32.bin`: uint32), `text:PATH` (a UTF-8 text "
+                          "file, see `--tokenizer`), both with the test split in the file named with `train` → `val` "
+                          "or `test`, `hfdata:FOLDER` (a `datasets` folder of `save_to_disk`: column `input_ids` or "
+                          "`text`; test split: `validation` or `test`); or your own `package.module:factory`", "inputs")
+    dtype: WeightsDtype = option("fp32", "dtype the weights are held in: `bf16` / `fp16` for language models "
+                                 "too large for float32 (each point computed in float32 and rounded once into "
+                                 "that dtype; α = 0 is exactly θ*; see \"Low-precision weights\")", "inputs")
     data_dir: Optional[str] = option(None, "`cifar10`: the folder holding `cifar-10-batches-py` (or that folder "
                                      "itself)", "inputs")
-    seq_len: int = option(0, "`tokens:` datasets: tokens per block (consecutive, non-overlapping; `--subset` "
-                          "counts blocks); at most the model's context", "inputs")
+    seq_len: int = option(0, "`tokens:`, `text:`, `hfdata:` datasets: tokens per block (consecutive, "
+                          "non-overlapping; `--subset` counts blocks); at most the model's context", "inputs")
+    tokenizer: TokenizerName = option("auto", "`text:` data (and an `hfdata:` text column): `auto`: the tokenizer "
+                                      "saved in the `--model hf:FOLDER` folder (no special tokens added), else "
+                                      "bytes; `bytes`: the UTF-8 bytes as ids 0..255", "inputs")
     splits: list[SplitName] = option(["train"], "splits to evaluate, comma-separated: `train,test`", "inputs")
     x: str = option("-1:1:51", "x grid `min:max:num`, ends included, e.g. `--x=-1:1:51`", "grid")
     y: Optional[str] = option(None, "y grid `min:max:num`; leave out for a 1D surface", "grid")
@@ -94,10 +105,18 @@ class Job:
                                                      "the grid covers the projected path", "directions")
     seed: int = option(0, "seed of the directions (x drawn first, then y) and of the initialization without "
                        "`--model_file`", "directions")
-    task: TaskName = option("classification", "what is measured: `classification` (loss and accuracy of class "
-                            "indices), `regression` (mean squared error of float targets, or your own loss; no "
-                            "accuracy), `causal_lm` (next-token cross-entropy of token ids, the mean per predicted "
-                            "token, and next-token accuracy)", "evaluation")
+    params: Optional[str] = option(None, "the tensors the directions move, comma-separated globs over their names "
+                                   "(`model.layers.0.*`; a module name matches its tensors: `model.layers.0`); the "
+                                   "others stay exactly at θ*. Normalization, Hessians and the directions' "
+                                   "fingerprint act on the selection only (default: every tensor)", "directions")
+    exclude: Optional[str] = option(None, "globs of tensors to leave out of the selection, e.g. `*.norm.*,lm_head`",
+                                    "directions")
+    task: str = option("classification", "what is measured: `classification` (loss and accuracy of class "
+                       "indices), `regression` (mean squared error of float targets, or your own loss; no "
+                       "accuracy), `causal_lm` (next-token cross-entropy of token ids, the mean per predicted "
+                       "token, and next-token accuracy; perplexity shown), or your own `package.module:function`: "
+                       "(outputs, (inputs, targets)) → {name: (sum, count)} (see \"Your own metrics\")",
+                       "evaluation", choices=get_args(TaskName))
     loss_name: str = option("crossentropy", "`crossentropy`, `mse` (mean over classes of (softmax − one-hot)², as "
                             "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)
@@ -124,6 +143,11 @@ class Job:
     threads: int = option(0, "torch threads per rank; 0: cores per node / ranks per node", "run")
     chunk: int = option(0, "points per chunk handed to a rank; 0: guided (1/(4·ranks) of what is left, at most "
                         "16 points)", "run")
+    ranks_per_point: int = option(1, "ranks that evaluate each grid point together, each on its share of the "
+                                  "data, their sums added before one writes (an MPI sub-communicator per group of "
+                                  "G consecutive ranks; must divide the ranks). For evaluation sets a GPU takes "
+                                  "long over, and more ranks than points; see \"Running on clusters\"", "run",
+                                  minimum=1)
     write: WriteMode = option("auto", "`parallel`: every rank writes (MPI-IO, needs MPI h5py); `gather`: rank 0 "
                               "writes; `auto`: parallel when possible", "run")
     force: bool = option(False, "overwrite a file that holds another job", "run")
@@ -147,6 +171,8 @@ class HessianJob:
     batch_size: int = option(512, "examples per Hessian-vector product batch", "hessian")
     force: bool = option(False, "recompute the file's Hessian map (clears only /hessian)", "hessian")
     threads: int = option(0, "torch threads per rank (0: cores per node / ranks)", "hessian")
+    ranks_per_point: int = option(1, "ranks that compute each point together, each on its share of the subset "
+                                  "(the Hessian-vector products summed over them); must divide the ranks", "hessian")
     device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
     plot: bool = option(True, "draw the Hessian figures once the map is complete", "hessian")
     progress: bool = option(True, "rank 0 prints points done, points/s and ETA", "hessian")
@@ -154,15 +180,25 @@ class HessianJob:
 
 @dataclass
 class TrainJob:
-    """`landscape train`: a demo model trained with SGD (momentum 0.9, weight decay 5e-4)."""
+    """`landscape train`: a demo model trained with SGD (momentum 0.9, weight decay 5e-4), or a
+    causal LM with AdamW (β = (0.9, 0.95), weight decay 0.1)."""
 
-    model: str = option("digits_cnn", "model to train (a registry name or package.module:factory)", "train")
-    dataset: str = option("digits", "dataset whose train split it learns", "train")
+    model: str = option("digits_cnn", "model to train (a registry name such as `lm_tiny`, package.module:factory, "
+                        "or `hf:FOLDER`)", "train")
+    dataset: str = option("digits", "dataset whose train split it learns (`tokens:PATH` with `--task causal_lm`; its "
+                          "test split is reported)", "train")
+    task: str = option("classification", "`classification` (cross-entropy of class indices) or `causal_lm` "
+                       "(next-token cross-entropy; checkpoints are `save_pretrained` folders epoch_000/ .. epoch_N/)",
+                       "train", choices=("classification", "causal_lm"))
+    seq_len: int = option(0, "`tokens:` datasets: tokens per block", "train")
     out_dir: str = option("out/demo/checkpoints", "folder for epoch_000.pt (the initialization) .. epoch_N.pt", "train")
     epochs: int = option(10, "passes over the train split, a checkpoint after each", "train")
+    steps: int = option(0, "`causal_lm`: optimizer steps per epoch (0: one pass over the train split)", "train")
     seed: int = option(0, "seed of the initialization and of the batch order", "train")
-    lr: float = option(0.05, "SGD learning rate", "train")
-    batch_size: int = option(64, "examples per SGD step", "train")
+    optimizer: str = option("auto", "`sgd`, `adamw`, or `auto`: SGD for classification, AdamW for causal_lm", "train",
+                            choices=("auto", "sgd", "adamw"))
+    lr: float = option(0.0, "learning rate (0: 0.05 for SGD, 0.003 for AdamW)", "train")
+    batch_size: int = option(64, "examples (blocks) per step", "train")
 
 
 @dataclass
@@ -180,7 +216,8 @@ class PlotJob:
     kinds: Optional[str] = option(None, "comma-separated: 1d, contour, contourf, heat, 3d, trajectory, hessian "
                                   "(default: all the file supports)", "plot")
     splits: Optional[str] = option(None, "comma-separated splits (default: all)", "plot")
-    metrics: Optional[str] = option(None, "comma-separated: loss, acc (default: both)", "plot")
+    metrics: Optional[str] = option(None, "comma-separated: loss, acc, or the names of your own metrics (default: "
+                                    "all of the file's)", "plot")
     compare: bool = option(False, "one figure with a panel per file on one colour scale", "plot")
     titles: Optional[str] = option(None, "with --compare: comma-separated panel titles, one per file", "plot")
 
@@ -269,6 +306,12 @@ def convert(name: str, value, default):
         return None
     if name == "trajectory" and isinstance(value, (list, tuple)):
         return [str(v) for v in value]
+    if name in ("params", "exclude"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items):
+            raise UserError(f"--{name} takes comma-separated globs over tensor names, e.g. 'model.layers.0.*', "
+                            f"got {value!r}")
+        return ",".join(v.strip() for v in items)
     if name == "splits":
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not items:
@@ -295,7 +338,7 @@ def convert(name: str, value, default):
         return number
     value = str(value)
     allowed = choices(name)
-    if allowed and value not in allowed and not (name == "loss_name" and ":" in value):
+    if allowed and value not in allowed and not (name in ("loss_name", "task") and ":" in value):
         raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
     return value
 
@@ -348,8 +391,12 @@ def refuse_ignored(job: Job, given: set[str]) -> None:
     (the rules of analysis.trajectory.job_directions and api.load_inputs)."""
     if "data_dir" in given and job.dataset != "cifar10":
         raise UserError(f"--data_dir is read only by --dataset cifar10, not {job.dataset!r}: leave out --data_dir")
-    if "seq_len" in given and not job.dataset.startswith("tokens:"):
-        raise UserError(f"--seq_len is read only by --dataset tokens:PATH, not {job.dataset!r}: leave out --seq_len")
+    if "seq_len" in given and not job.dataset.startswith(("tokens:", "text:", "hfdata:")):
+        raise UserError(f"--seq_len is read only by --dataset tokens:PATH, text:PATH or hfdata:FOLDER, not "
+                        f"{job.dataset!r}: leave out --seq_len")
+    if "tokenizer" in given and not job.dataset.startswith(("text:", "hfdata:")):
+        raise UserError(f"--tokenizer is read only by --dataset text:PATH or hfdata:FOLDER (a text column), not "
+                        f"{job.dataset!r}: leave out --tokenizer")
     not_random = {"dir_file": "the directions come from that file",
                   "model_file2": f"x is θ₂ − θ₁{' and y is θ₃ − θ₁' if job.model_file3 else ''}, not drawn at random",
                   "trajectory": "the directions are the checkpoints' PCA directions"}

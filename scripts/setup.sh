@@ -54,6 +54,8 @@ fi
 # transformers (optional: --model hf:FOLDER, the language-model tests); its requirements take neither
 # torch nor h5py, so the pinned CPU torch and the MPI h5py above stay as they are
 "$VPY" -c "import transformers" 2>/dev/null || pip_install transformers
+# datasets (optional: --dataset hfdata:FOLDER, its tests): pyarrow, dill, xxhash, multiprocess; no torch, no h5py
+"$VPY" -c "import datasets" 2>/dev/null || pip_install datasets
 
 pip_install --no-deps --no-build-isolation -e . >/dev/null
 log "ready: $("$VPY" -c 'import torch, h5py, mpi4py; print(f"torch {torch.__version__}, h5py {h5py.__version__} (mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}")')"

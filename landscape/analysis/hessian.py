@@ -2,7 +2,8 @@
 
 - `HessianVectorProduct`: v ↦ H v, H = ∇²_θ L(θ), L(θ) = (1/n) Σ_i ℓ(f(x_i; θ), y_i) over a data
   subset, n = the task's count over the subset (examples; predicted tokens for causal_lm, so
-  L is the mean per-token loss), θ = every trainable parameter of the model as it is now (a tied one once: `parameters()`);
+  L is the mean per-token loss), θ = every trainable parameter of the model as it is now (a tied one once),
+  or those of a --params/--exclude selection (the others held fixed: H is that sub-block);
   floating-point inputs are cast to θ's dtype, integer ones (token ids) are left as they are.
   Double backward: per batch b, g_b = ∇_θ Σ_{i∈b} ℓ_i is built with create_graph=True, then
   H v = (1/n) Σ_b ∂(g_b·v)/∂θ (one more backward with grad_outputs=v), summed over batches in
@@ -25,11 +26,13 @@ from torch import nn
 
 from ..core.bn import BNRecalibration
 from ..core.data import Split
-from ..core.device import free_memory
+from ..core.device import free_memory, group_sum
+from ..core.directions import alias_groups
 from ..core.evaluate import AUTOCAST_DTYPES, Evaluation
 from ..core.grid import Grid
-from ..core.models import Snapshot
-from ..core.tasks import logits_of, make_task
+from ..core.models import Snapshot, weights_dtype
+from ..core.selection import Selection
+from ..core.tasks import UserMetrics, make_task
 from ..core.theta import ThetaWriter
 from ..errors import UserError
 from ..io.surface_file import HESSIAN_METRICS
@@ -79,6 +82,17 @@ def plan_memory(n: int, max_iter: int, budget: int) -> int:
     return budget - basis
 
 
+def hessian_parameters(model: nn.Module, select: Selection | None = None) -> list[nn.Parameter]:
+    """The trainable parameters a Hessian is taken over (a tied one once), those of `select` only."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    params = [named[first] for first, aliases in alias_groups(named).items()
+              if named[first].requires_grad and (select is None or select.keep(aliases))]
+    if not params:
+        raise UserError("the model has no trainable parameters" + ("" if select is None or select.everything else
+                        " in the --params/--exclude selection") + ": there is no Hessian to compute")
+    return params
+
+
 class HessianVectorProduct:
     """v ↦ H v (float64 flat vectors on the model's device) at the model's current parameters.
 
@@ -86,16 +100,19 @@ class HessianVectorProduct:
     graphs g_b that fit `memory` bytes (default `memory_budget`); products rebuild the others."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss_fn, *,
-                 batch_size: int = 512, memory: int | None = None, autocast=contextlib.nullcontext, count=len):
+                 batch_size: int = 512, memory: int | None = None, autocast=contextlib.nullcontext, count=len,
+                 select: Selection | None = None, group=None):
         """loss_fn(outputs, labels): the loss summed over the batch; autocast(): the context of
         each forward pass (the surface's precision); count(labels): n, what the sums are averaged
-        by (the task's count: examples, or predicted tokens)."""
+        by (the task's count: examples, or predicted tokens); select: the parameters θ spans
+        (--params / --exclude; the others are held fixed: H is the sub-block of the selection);
+        group: the ranks that hold the other shares of the data (--ranks_per_point): L, n and every
+        product are summed over them."""
         self.model, self.inputs, self.labels, self.loss_fn = model, inputs, labels, loss_fn
-        self.count = count(labels)
+        self.group = group
+        self.count = count(labels) if group is None or group.size == 1 else group.allreduce(count(labels))
         self.autocast = autocast
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise UserError("the model has no trainable parameters: there is no Hessian to compute")
+        self.params = hessian_parameters(model, select)
         self.n = sum(p.numel() for p in self.params)
         self.batch_size = int(batch_size)
         self.batches = [(i, min(i + self.batch_size, len(labels))) for i in range(0, len(labels), self.batch_size)]
@@ -131,7 +148,7 @@ class HessianVectorProduct:
                 with torch.no_grad(), self.autocast():
                     loss = self.loss_fn(self.model(self._inputs(lo, hi)), self.labels[lo:hi])
             total += loss.detach().double()
-        return float(total) / self.count
+        return float(group_sum(self.group, total)) / self.count
 
     def release(self) -> None:
         self.kept = []
@@ -159,7 +176,7 @@ class HessianVectorProduct:
                 acc += self._product(self.kept[b], vs)
             else:
                 acc += self._product(self._grad_graph(lo, hi)[1], vs)
-        return acc / self.count
+        return group_sum(self.group, acc) / self.count
 
 
 # ---------------------------------------------------------------- the eigen-solver
@@ -259,9 +276,11 @@ class HessianEvaluator:
     metrics = list(HESSIAN_METRICS)
 
     def __init__(self, model: nn.Module, split: Split, directions, *, evaluation: Evaluation | None = None,
-                 batch_size: int = 512, device="cpu", tol: float = 1e-3, max_iter: int = 100, memory: int | None = None):
+                 batch_size: int = 512, device="cpu", tol: float = 1e-3, max_iter: int = 100, memory: int | None = None,
+                 group=None):
         """`evaluation`: how the surface evaluated its points (dir_type, loss, precision, BN
-        re-estimation at every point), applied here too; `batch_size`: examples per product batch."""
+        re-estimation at every point), applied here too; `batch_size`: examples per product batch;
+        `group`: the ranks evaluating each point together, `split` this rank's share of the data."""
         evaluation = evaluation or Evaluation()
         device = torch.device(device)
         self.snapshot = Snapshot(model)
@@ -272,18 +291,28 @@ class HessianEvaluator:
             else None  # the implementation to put back, when switched
         if self.attention:
             model.set_attn_implementation("eager")
-        self.theta = ThetaWriter(self.model, directions, evaluation.dir_type)
+        self.theta = ThetaWriter(self.model, directions, evaluation.dir_type, evaluation.select)
         self.bn = None
         if evaluation.bn_calibration is not None:
-            self.bn = BNRecalibration(self.model, evaluation.bn_calibration.to(device), dir_type=evaluation.dir_type,
+            calibration = evaluation.bn_calibration.to(device).cast(weights_dtype(model))
+            self.bn = BNRecalibration(self.model, calibration, dir_type=evaluation.dir_type,
                                       batch_size=evaluation.batch_size)
         amp = AUTOCAST_DTYPES[evaluation.precision]
         self.autocast = lambda: torch.autocast(device.type, dtype=amp, enabled=amp is not None)
         task = make_task(evaluation.task, evaluation.loss_name)
         data = split.to(device)
-        self.hvp = HessianVectorProduct(self.model, data.inputs, data.labels,
-                                        lambda out, y: task.loss(logits_of(out).float(), y), batch_size=batch_size,
-                                        memory=memory, autocast=self.autocast, count=task.count)
+        labels, count = data.labels, task.count
+        loss_fn = lambda out, y: task.loss(task.output(out), y)  # noqa: E731
+        if isinstance(task, UserMetrics):  # its fn sees the whole batch: the HVP's labels are example indices
+            dtype = next(p.dtype for p in self.model.parameters())
+            with self.autocast():
+                n = task.loss_count(lambda x: self.model(x.to(dtype) if x.is_floating_point() else x), data.inputs,
+                                    data.labels, batch_size)
+            labels, count = torch.arange(len(data.labels), device=device), (lambda _: n)
+            loss_fn = lambda out, i: task.loss(task.output(out), data.labels[i], data.inputs[i])  # noqa: E731
+        self.hvp = HessianVectorProduct(self.model, data.inputs, labels, loss_fn, batch_size=batch_size,
+                                        memory=memory, autocast=self.autocast, count=count,
+                                        select=evaluation.select, group=group)
         self.tol, self.max_iter = float(tol), int(max_iter)
 
     def solve(self, coord) -> EigResult:

@@ -23,6 +23,7 @@ import torch
 from ..core.directions import Direction, distinct, random_directions, target_tensors
 from ..core.evaluate import Evaluation
 from ..core.models import load_checkpoint, read_state_dict
+from ..core.selection import Selection
 from ..errors import UserError
 from ..io import surface_file
 
@@ -134,7 +135,8 @@ def job_directions(job, model) -> ModelDirections | None:
         raise UserError("--trajectory sets the directions itself: leave out --model_file2 and --dir_file")
     if job.model_file2 and job.dir_file:
         raise UserError("--model_file2 sets the x direction itself: leave out --dir_file")
-    tensors = {k: v.detach() for k, v in target_tensors(model, job.dir_type).items()}
+    select = Selection.of(job.params, job.exclude)
+    tensors = {k: v.detach() for k, v in target_tensors(model, job.dir_type, select).items()}
     if job.model_file2:
         files = [job.model_file2] + ([job.model_file3] if job.model_file3 else [])
         directions = model_differences(tensors, files)
@@ -142,7 +144,7 @@ def job_directions(job, model) -> ModelDirections | None:
         if job.y and not job.model_file3:  # the reference tool's choice: a random y direction
             directions.append(random_directions(model, seed=job.seed, dir_type=job.dir_type, ndim=2,
                                                 norms=(job.xnorm, job.ynorm or job.xnorm),
-                                                ignores=(job.xignore, job.yignore or job.xignore))[1])
+                                                ignores=(job.xignore, job.yignore or job.xignore), select=select)[1])
             source["random_y"] = {"seed": job.seed, "norm": job.ynorm or job.xnorm}
         if job.model_file3 and not job.y:
             raise UserError("--model_file3 makes a plane: give --y too, e.g. --y=-0.5:1.5:41")

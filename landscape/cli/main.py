@@ -1,4 +1,4 @@
-"""Command line: `landscape surface|plot|vtk|info|train|import-directions|export-reference|hessian ...`
+"""Command line: `landscape surface|plot|vtk|info|train|corpus|import-directions|export-reference|hessian ...`
 (plot_surface.py is `landscape surface`). The only module that prints; nothing imports it.
 
 The job flags come from landscape.options (surface, hessian and train jobs); each command
@@ -56,6 +56,13 @@ def parser() -> Parser:
     inf.add_argument("surf_file")
     t = sub.add_parser("train", help="train a demo model and save a checkpoint per epoch")
     add_arguments(t, TrainJob)
+    co = sub.add_parser("corpus", help="write the standard library's own source files as byte-level token files")
+    co.add_argument("--out_dir", default="out/demo_lm/data", help="folder for stdlib_train.bin, stdlib_val.bin and "
+                    "stdlib_manifest.json (default: %(default)s)")
+    co.add_argument("--train_bytes", type=int, default=1_000_000, help="bytes (tokens) of the train split "
+                    "(default: %(default)s)")
+    co.add_argument("--val_bytes", type=int, default=100_000, help="bytes (tokens) of the val split "
+                    "(default: %(default)s)")
     im = sub.add_parser("import-directions", help="convert a direction file of the reference tool into a --dir_file")
     im.add_argument("ref_file", help="the reference's direction file (groups xdirection, ydirection)")
     im.add_argument("--model", required=True, help="the model the file was made for: names the tensor positions")
@@ -130,11 +137,19 @@ def run(argv: list[str]) -> int:
 
         train(from_namespace(TrainJob, args), report=print)
         return 0
+    if args.command == "corpus":
+        from ..core.corpus import stdlib_corpus
+
+        m = stdlib_corpus(args.out_dir, train_bytes=args.train_bytes, val_bytes=args.val_bytes)
+        for name, split in m["splits"].items():
+            print(f"[corpus] {name}: {split['bytes']} bytes of {split['n_files']} files -> {split['file']}")
+        print(f"[corpus] Python {m['python']} standard library ({m['stdlib']}), fingerprint {m['fingerprint']}")
+        return 0
     if args.command == "import-directions":
         from ..api import import_directions
         from ..core.models import build_model
 
-        kind, n = import_directions(args.ref_file, args.out, build_model(args.model), model_name=args.model,
+        kind, n = import_directions(args.ref_file, args.out, build_model(args.model, task=None), model_name=args.model,
                                     dir_type=args.dir_type, force=args.force)
         print(f"[landscape] {n} {kind} direction(s) in {args.out}: use --dir_file {args.out} --dir_type {kind}")
         return 0
@@ -145,7 +160,7 @@ def run(argv: list[str]) -> int:
         if args.model:
             from ..core.models import build_model
 
-            model = build_model(args.model)
+            model = build_model(args.model, task=None)  # an hf: model as it was saved
         keys = export_reference(args.surf_file, args.out_file, model=model, dir_out=args.dir_out, force=args.force)
         print(f"[landscape] {args.out_file}: {', '.join(keys)}")
         return 0
@@ -181,7 +196,7 @@ def hessian(surf_file: str, opts) -> int:
 
     result = hessian_map(surf_file, stride=opts.stride, subset=opts.subset, tol=opts.tol, max_iter=opts.max_iter,
                          batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
-                         progress=opts.progress)
+                         progress=opts.progress, ranks_per_point=opts.ranks_per_point)
     summary = result.summary
     if rank() == 0:
         print(f"[landscape] hessian: {summary.text()}", file=sys.stderr)

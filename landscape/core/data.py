@@ -14,11 +14,29 @@ uint8 (N, 3072) rows of 3 channel planes of 32x32, and b'labels'); `train` is
 data_batch_1..5 (50000 images), `test` is test_batch (10000), in file order. Pixels are
 scaled to [0, 1] and normalized per channel with CIFAR_MEAN / CIFAR_STD; no augmentation.
 
+Token data, cut into consecutive non-overlapping blocks of `--seq_len` tokens (a last partial
+block is left out); inputs = labels = the blocks' ids (int64); `--subset` counts blocks. Three
+sources, one stream of ids each, give the same blocks from the same ids:
+
 `tokens:PATH`: a nanoGPT-style flat token file (uint16 ids, uint32 when the name ends with
-`.u32.bin`; no header), read through np.memmap, cut into consecutive non-overlapping blocks of
-`--seq_len` tokens (a last partial block is left out); inputs = labels = the blocks' ids (int64).
-`train` is PATH; `test` is the sibling file named with `train` replaced by `val`, else by `test`
-(train.bin → val.bin or test.bin), when it exists. Only the blocks used are read.
+`.u32.bin`; no header). Only the byte range from the first to the last block used is mapped
+(np.memmap with an offset), only the blocks used are read: a file larger than the process may
+hold is fine. `train` is PATH; `test` is the sibling file named with `train` replaced by `val`,
+else by `test` (train.bin → val.bin or test.bin), when it exists.
+
+`text:PATH`: a UTF-8 text file, test split by the same naming rule (train.txt → val.txt). Its
+ids are those of the tokenizer saved in the `--model hf:FOLDER` folder (AutoTokenizer, offline,
+no special tokens added, the whole file at once), else (`--tokenizer bytes`, another model, no
+tokenizer files there) its bytes as ids 0..255, read like a uint8 token file.
+
+`hfdata:FOLDER`: a Hugging Face `datasets` folder written by `save_to_disk`: a Dataset (the train
+split) or a DatasetDict with `train` and `validation` (else `test`) for the test split. Its
+`input_ids` column (lists of ids), else its `text` column (each row tokenized as in `text:`, no
+separator added), concatenated in row order. `datasets` is imported only here.
+
+The data fingerprint (Split.fingerprint) is of the blocks used: other ids (another tokenizer, file
+or subset) give another one, so a resume with them is refused; the same blocks from another source
+give the same one (they evaluate to the same values).
 
 `package.module:factory`: the user's own; see `from_factory`.
 """
@@ -81,6 +99,24 @@ class Split:
         if device.type == "cuda":
             host = Split(host.inputs.pin_memory(), host.labels.pin_memory())
         return host
+
+    def shard(self, index: int, parts: int, name: str = "train") -> Split:
+        """The index-th of `parts` contiguous, nearly equal shares of the examples (a rank's share of
+        a point's data with --ranks_per_point); more parts than examples is a UserError."""
+        n = len(self)
+        if parts > n:
+            raise UserError(f"--ranks_per_point {parts} is larger than split {name!r} ({n} examples): choose at most "
+                            f"{n} ranks per point, or evaluate more examples")
+        if parts == 1:
+            return self
+        lo, hi = index * n // parts, (index + 1) * n // parts
+        return Split(self.inputs[lo:hi], self.labels[lo:hi])
+
+    def cast(self, dtype: torch.dtype) -> Split:
+        """Floating-point inputs in `dtype` (a bf16/fp16 model's); integer inputs (token ids) as they are."""
+        if not self.inputs.is_floating_point() or self.inputs.dtype == dtype:
+            return self
+        return Split(self.inputs.to(dtype), self.labels)
 
     def batches(self, size: int, device=None):
         """(inputs, labels) of `size` examples at a time, on `device`: slices when the split is
@@ -305,10 +341,12 @@ def from_factory(path: str, splits=None, pick=None) -> dict[str, Split]:
     return {s: as_split(parts[s], f"{source} split {s!r}", pick and functools.partial(pick, s)) for s in splits}
 
 
-TOKENS_PREFIX = "tokens:"
+TOKENS_PREFIX, TEXT_PREFIX, HFDATA_PREFIX = "tokens:", "text:", "hfdata:"
+TOKEN_SOURCES = (TOKENS_PREFIX, TEXT_PREFIX, HFDATA_PREFIX)  # datasets cut into blocks of --seq_len
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what save_pretrained of a tokenizer writes
 
 
-def token_file(train: Path, split: str) -> Path:
+def token_file(train: Path, split: str, prefix: str = TOKENS_PREFIX) -> Path:
     """The file of `split`: `train` itself; for `test`, `train` with 'train' replaced by 'val',
     else by 'test', in its file name (the first that exists)."""
     if split == "train":
@@ -317,17 +355,54 @@ def token_file(train: Path, split: str) -> Path:
         candidate = train.with_name(train.name.replace("train", other))
         if "train" in train.name and candidate.is_file():
             return candidate
-    raise UserError(f"--dataset tokens:{train} has no test split (no {train.name.replace('train', 'val')!r} or "
+    raise UserError(f"--dataset {prefix}{train} has no test split (no {train.name.replace('train', 'val')!r} or "
                     f"{train.name.replace('train', 'test')!r} next to it; the train file's name must contain "
                     "'train'): use --splits train")
+
+
+def block_count(length: int, seq_len: int, what: str) -> int:
+    """How many whole blocks of `seq_len` a stream of `length` tokens holds (at least one)."""
+    if length // seq_len == 0:
+        raise UserError(f"--seq_len {seq_len} is longer than {what} ({length} tokens): choose at most {length}")
+    return length // seq_len
+
+
+def blocks_split(blocks) -> Split:
+    """inputs = labels = the blocks' ids as int64."""
+    ids = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
+    return Split(ids, ids)
+
+
+def file_blocks(file: Path, dtype, seq_len: int, name: str, pick, what: str) -> Split:
+    """The blocks `pick(name, n)` of a flat file of `dtype` ids: only the byte range from the
+    first to the last block used is mapped (np.memmap), only the blocks used are read."""
+    n = block_count(file.stat().st_size // dtype.itemsize, seq_len, what)
+    rows = pick(name, n) if pick else None
+    lo, hi = (0, n) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
+    mapped = np.memmap(file, dtype=dtype, mode="r", offset=lo * seq_len * dtype.itemsize, shape=(hi - lo, seq_len))
+    split = blocks_split(mapped if rows is None else mapped[rows - lo])
+    del mapped
+    return split
+
+
+def stream_blocks(ids: np.ndarray, seq_len: int, name: str, pick, what: str) -> Split:
+    """The blocks `pick(name, n)` of a token stream held in memory."""
+    n = block_count(len(ids), seq_len, what)
+    rows = pick(name, n) if pick else None
+    blocks = ids[: n * seq_len].reshape(n, seq_len)
+    return blocks_split(blocks if rows is None else blocks[rows])
+
+
+def need_seq_len(source: str, seq_len: int) -> None:
+    if seq_len < 1:
+        raise UserError(f"--dataset {source} needs --seq_len N, the tokens per block (e.g. 256)")
 
 
 def tokens(path: str, seq_len: int, splits=SPLITS, pick=None) -> dict[str, Split]:
     """Blocks of `seq_len` token ids of a flat token file (see the module's docstring); `pick(split,
     size)`: the blocks to read (sorted; None: all)."""
     train = Path(path)
-    if seq_len < 1:
-        raise UserError(f"--dataset tokens:{path} needs --seq_len N, the tokens per block (e.g. 256)")
+    need_seq_len(TOKENS_PREFIX + path, seq_len)
     out = {}
     for name in splits:
         file = token_file(train, name)
@@ -338,16 +413,121 @@ def tokens(path: str, seq_len: int, splits=SPLITS, pick=None) -> dict[str, Split
         if size == 0 or size % dtype.itemsize:
             raise UserError(f"token file {str(file)!r} is {'empty' if size == 0 else f'{size} bytes, not whole {dtype} ids'}: "
                             "write the ids with np.array(ids, dtype=np.uint16).tofile(path) (uint32: name it *.u32.bin)")
-        ids = np.memmap(file, dtype=dtype, mode="r")
-        n = len(ids) // seq_len
-        if n == 0:
-            raise UserError(f"--seq_len {seq_len} is longer than token file {str(file)!r} ({len(ids)} tokens): "
-                            f"choose at most {len(ids)}")
-        rows = pick(name, n) if pick else None
-        blocks = ids[: n * seq_len].reshape(n, seq_len)
-        blocks = torch.from_numpy(np.asarray(blocks if rows is None else blocks[rows], dtype=np.int64))
-        out[name] = Split(blocks, blocks)
-        del ids
+        out[name] = file_blocks(file, dtype, seq_len, name, pick, f"token file {str(file)!r}")
+    return out
+
+
+def model_tokenizer(model: str | None, choice: str = "auto"):
+    """The tokenizer saved in the folder of `--model hf:FOLDER` (AutoTokenizer, offline), or None
+    for bytes: with `choice` 'bytes', another model, or no tokenizer files in the folder."""
+    if choice == "bytes" or not model or not model.startswith("hf:"):
+        return None
+    folder = Path(model[len("hf:"):])
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UserError("the tokenizer of --model hf:... needs the transformers package: pip install transformers, "
+                        "or use --tokenizer bytes") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot load the tokenizer saved in {str(folder)!r} ({type(exc).__name__}: {exc}): save it "
+                        "again with tokenizer.save_pretrained, or use --tokenizer bytes") from None
+
+
+def encode(texts: list[str], tokenizer) -> np.ndarray:
+    """The ids of `texts`, one after another: the tokenizer's (no special tokens), or the UTF-8 bytes."""
+    if tokenizer is None:
+        return np.frombuffer(b"".join(t.encode("utf-8") for t in texts), dtype=np.uint8).astype(np.int64)
+    rows = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    return np.fromiter((i for row in rows for i in row), dtype=np.int64)
+
+
+def text(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=None) -> dict[str, Split]:
+    """Blocks of `seq_len` ids of a UTF-8 text file: its bytes (read through a memory map, only the
+    blocks used) when `tokenizer` is None, else the tokenizer's ids of the whole text."""
+    train = Path(path)
+    need_seq_len(TEXT_PREFIX + path, seq_len)
+    out = {}
+    for name in splits:
+        file = token_file(train, name, TEXT_PREFIX)
+        if not file.is_file():
+            raise UserError(f"text file {str(file)!r} does not exist: check --dataset text:PATH")
+        if file.stat().st_size == 0:
+            raise UserError(f"text file {str(file)!r} is empty: give a UTF-8 text file of at least --seq_len tokens")
+        what = f"text file {str(file)!r}"
+        if tokenizer is None:
+            out[name] = file_blocks(file, np.dtype(np.uint8), seq_len, name, pick, what)
+            continue
+        try:
+            content = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start}): convert it to UTF-8, "
+                            "or read its bytes with --tokenizer bytes") from None
+        out[name] = stream_blocks(encode([content], tokenizer), seq_len, name, pick, what + " tokenized")
+    return out
+
+
+def hf_splits(folder: Path):
+    """{'train': Dataset, 'test': Dataset (when there)} of a folder written by `save_to_disk`."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("--dataset hfdata:FOLDER needs the datasets package: pip install datasets") from None
+    if not folder.is_dir():
+        raise UserError(f"datasets folder {str(folder)!r} does not exist: give a folder written by "
+                        "Dataset.save_to_disk or DatasetDict.save_to_disk")
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except Exception as exc:
+        raise UserError(f"{str(folder)!r} is not a folder written by save_to_disk ({type(exc).__name__}: {exc}): "
+                        "save it with Dataset.save_to_disk or DatasetDict.save_to_disk") from None
+    if isinstance(saved, datasets.Dataset):
+        return {"train": saved}
+    if "train" not in saved:
+        raise UserError(f"datasets folder {str(folder)!r} has splits {', '.join(saved)} but no 'train': name the "
+                        "split to evaluate 'train' (and 'validation' or 'test' for --splits train,test)")
+    test = next((saved[k] for k in ("validation", "test") if k in saved), None)
+    return {"train": saved["train"], **({"test": test} if test is not None else {})}
+
+
+def dataset_ids(data, what: str, tokenizer) -> np.ndarray:
+    """The ids of a datasets.Dataset's rows, in row order: its `input_ids` column (lists of ids), or
+    its `text` column, each row encoded with `tokenizer()` (see `encode`)."""
+    import pyarrow as pa
+
+    table = data.with_format("arrow")[:]
+    if "input_ids" in data.column_names:
+        column = table.column("input_ids")
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+                or pa.types.is_fixed_size_list(column.type)) or not pa.types.is_integer(column.type.value_type):
+            raise UserError(f"{what}: column 'input_ids' is {column.type}, not lists of integer token ids")
+        parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    if "text" in data.column_names:
+        column = table.column("text")
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise UserError(f"{what}: column 'text' is {column.type}, not strings")
+        return encode([t for t in column.to_pylist() if t], tokenizer())
+    raise UserError(f"{what} has columns {', '.join(data.column_names)}: give an 'input_ids' column (lists of token "
+                    "ids) or a 'text' column")
+
+
+def hfdata(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=lambda: None) -> dict[str, Split]:
+    """Blocks of `seq_len` ids of a saved Hugging Face dataset (see the module's docstring);
+    `tokenizer()`: the tokenizer for a `text` column, or None for bytes (called only for one)."""
+    folder = Path(path)
+    need_seq_len(HFDATA_PREFIX + path, seq_len)
+    parts = hf_splits(folder)
+    out = {}
+    for name in splits:
+        if name not in parts:
+            raise UserError(f"datasets folder {str(folder)!r} has no test split (a DatasetDict with 'validation' or "
+                            "'test'): use --splits train")
+        what = f"split {name!r} of datasets folder {str(folder)!r}"
+        out[name] = stream_blocks(dataset_ids(parts[name], what, tokenizer), seq_len, name, pick, what)
     return out
 
 
@@ -368,11 +548,14 @@ def check_tokens(split: Split, vocab: int, context: int | None, name: str) -> No
 
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS, subset: tuple[int, str] | None = None,
-                 flag: str = "--subset", seq_len: int = 0) -> dict[str, Split]:
-    """The named splits of dataset `name` (a name of DATASETS, `tokens:PATH` cut into blocks of
-    `seq_len` tokens, or `package.module:factory`).
+                 flag: str = "--subset", seq_len: int = 0, model: str | None = None,
+                 tokenizer: str = "auto") -> dict[str, Split]:
+    """The named splits of dataset `name` (a name of DATASETS, `tokens:PATH`, `text:PATH` or
+    `hfdata:FOLDER` cut into blocks of `seq_len` tokens, or `package.module:factory`).
     `subset` (n, mode): only the examples that `subset(split, n, mode)` keeps are converted (a
-    Dataset is asked for those items only); `flag` names n in messages."""
+    Dataset is asked for those items only); `flag` names n in messages. Text is tokenized with the
+    tokenizer saved in the folder of `model` (`hf:FOLDER`) unless `tokenizer` is 'bytes' (see
+    `model_tokenizer`)."""
     splits = list(splits)
     pick = None
     if subset and subset[0]:
@@ -384,9 +567,14 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS
         return cifar10(data_dir, splits, pick)
     if name.startswith(TOKENS_PREFIX):
         return tokens(name[len(TOKENS_PREFIX):], seq_len, splits, pick)
+    if name.startswith(TEXT_PREFIX):
+        return text(name[len(TEXT_PREFIX):], seq_len, splits, pick, model_tokenizer(model, tokenizer))
+    if name.startswith(HFDATA_PREFIX):
+        return hfdata(name[len(HFDATA_PREFIX):], seq_len, splits, pick,
+                      functools.cache(lambda: model_tokenizer(model, tokenizer)))
     if is_import_path(name):
         return from_factory(name, splits, pick)
-    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
+    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, {', '.join(p + 'PATH' for p in TOKEN_SOURCES)}, "
                     "or give your own as package.module:factory")
 
 

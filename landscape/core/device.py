@@ -45,6 +45,22 @@ def ranks_per_device(comm, device: torch.device) -> int:
     return -(-n // torch.cuda.device_count()) if device.type == "cuda" else n
 
 
+def group_sum(group, values):
+    """Σ over the ranks of `group` (an MPI communicator; None: this rank alone) of a float64
+    tensor, on its own device: the sums of a point's share of the data (--ranks_per_point).
+    Reduced on the group's rank 0 and broadcast, so every rank has the same bits (an allreduce
+    may round differently on different ranks, and the ranks' solvers must take the same steps)."""
+    if group is None or group.size == 1:
+        return values
+    from mpi4py import MPI
+
+    host = values.detach().to("cpu", torch.float64).contiguous().numpy()
+    out = host.copy()
+    group.Reduce(host, out, op=MPI.SUM, root=0)
+    group.Bcast(out, root=0)
+    return torch.from_numpy(out).to(values.device)
+
+
 def free_memory(device: torch.device) -> int:
     """Free bytes on `device`: the GPU's free memory, or the host's available memory."""
     if device.type == "cuda":

@@ -26,31 +26,44 @@ from torch import nn
 
 from ..errors import UserError
 from ..options import IGNORES, NORMS, DirType
+from .selection import Selection
 
 Direction = dict[str, torch.Tensor]
 
 
-def distinct(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`tensors` with each tied tensor once, under its first name: aliases (the same memory,
-    shape, strides and dtype, as `state_dict()` lists a tied weight once per module) are dropped."""
-    seen, out = set(), {}
+def alias_groups(tensors: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """{first name: every name of that tensor}: aliases share memory, shape, strides and dtype
+    (as `state_dict()` lists a tied weight once per module)."""
+    first, groups = {}, {}
     for name, t in tensors.items():
         key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else name
-        if key not in seen:
-            seen.add(key)
-            out[name] = t
-    return out
+        if key in first:
+            groups[first[key]].append(name)
+        else:
+            first[key] = name
+            groups[name] = [name]
+    return groups
 
 
-def target_tensors(model: nn.Module, dir_type: DirType) -> dict[str, torch.Tensor]:
-    """The tensors a direction spans, by name, each tied tensor once (`distinct`): `parameters()`
-    for weights, the floating-point entries of `state_dict()` (BN running statistics too, not
-    num_batches_tracked) for states."""
+def distinct(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with each tied tensor once, under its first name (see `alias_groups`)."""
+    return {name: tensors[name] for name in alias_groups(tensors)}
+
+
+def target_tensors(model: nn.Module, dir_type: DirType, select: Selection | None = None) -> dict[str, torch.Tensor]:
+    """The tensors a direction spans, by name, each tied tensor once (under its first name):
+    `parameters()` for weights, the floating-point entries of `state_dict()` (BN running
+    statistics too, not num_batches_tracked) for states; only those of `select` (core.selection),
+    whose globs may name any alias of a tied tensor."""
     if dir_type == "weights":
-        return distinct(dict(model.named_parameters()))
-    if dir_type == "states":
-        return distinct({k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()})
-    raise UserError(f"unknown dir_type {dir_type!r}: choose weights or states")
+        named = dict(model.named_parameters(remove_duplicate=False))
+    elif dir_type == "states":
+        named = {k: v for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()}
+    else:
+        raise UserError(f"unknown dir_type {dir_type!r}: choose weights or states")
+    groups = alias_groups(named)
+    names = list(groups) if select is None or select.everything else select.names(groups)
+    return {name: named[name] for name in names}
 
 
 def normalize(d: torch.Tensor, w: torch.Tensor, norm: str) -> None:
@@ -99,16 +112,19 @@ def random_directions(
     ndim: int = 2,
     norms: tuple[str, ...] = ("filter", "filter"),
     ignores: tuple[str, ...] = ("biasbn", "biasbn"),
+    select: Selection | None = None,
 ) -> list[Direction]:
-    """`ndim` directions from one generator seeded with `seed`: x first, then y."""
-    tensors = target_tensors(model, dir_type)
+    """`ndim` directions from one generator seeded with `seed`: x first, then y; over the tensors
+    of `select` only (drawn in their order, so a selection draws other numbers than the whole θ)."""
+    tensors = target_tensors(model, dir_type, select)
     generator = torch.Generator().manual_seed(int(seed))
     return [random_direction(tensors, generator=generator, norm=norms[i], ignore=ignores[i]) for i in range(ndim)]
 
 
-def check_directions(directions: list[Direction], model: nn.Module, dir_type: str, source: str) -> None:
-    """Directions loaded from a file must match the model's tensor names and shapes."""
-    tensors = target_tensors(model, dir_type)
+def check_directions(directions: list[Direction], model: nn.Module, dir_type: str, source: str,
+                     select: Selection | None = None) -> None:
+    """Directions loaded from a file must match the model's (selected) tensor names and shapes."""
+    tensors = target_tensors(model, dir_type, select)
     for axis, d in zip("xy", directions):
         missing = [k for k in tensors if k not in d]
         extra = [k for k in d if k not in tensors]
@@ -119,7 +135,7 @@ def check_directions(directions: list[Direction], model: nn.Module, dir_type: st
             )
             raise UserError(
                 f"{axis} direction in {source!r} does not fit the model ({what.strip()}): "
-                "use a direction file made for this model and --dir_type"
+                "use a direction file made for this model, --dir_type and --params/--exclude"
             )
 
 

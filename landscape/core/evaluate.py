@@ -18,9 +18,11 @@ from ..errors import UserError
 from ..options import PRECISIONS
 from .bn import BNRecalibration
 from .data import Split
+from .device import group_sum
 from .directions import Direction
-from .models import Snapshot
-from .tasks import Task, logits_of, make_task
+from .models import Snapshot, weights_dtype
+from .selection import Selection
+from .tasks import Task, UserMetrics, make_task, output_vector
 from .theta import ThetaWriter
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,6 +55,8 @@ class SurfaceEvaluator:
         bn_calibration: Split | None = None,
         resident: bool | None = None,
         sharing: int = 1,
+        select: Selection | None = None,
+        group=None,
     ):
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -66,18 +70,24 @@ class SurfaceEvaluator:
         self.amp_dtype = AUTOCAST_DTYPES[precision]  # autocast of the forward pass; sums stay float64
         self.compile = compile
         self.forward = torch.compile(self.model) if compile else self.model
-        self.theta = ThetaWriter(self.model, directions, dir_type)
+        self.theta = ThetaWriter(self.model, directions, dir_type, select)
+        self.group = group  # the ranks that evaluate each point together, each on its share of `splits`
         # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
-        self.splits = {name: split.place(self.device, self.memory_format, resident, sharing)
+        self.splits = {name: split.place(self.device, self.memory_format, resident, sharing).cast(weights_dtype(model))
                        for name, split in splits.items()}
         self.batch_size = int(batch_size)
+        if isinstance(self.task, UserMetrics):  # the names of the user's metrics, from a first call
+            xb, yb = next(next(iter(self.splits.values())).batches(self.batch_size, self.device))
+            with torch.no_grad(), self.autocast():
+                self.task.discover(self.task.output(self.forward(xb)), yb, xb)
         self.metrics = [f"{s}/{m}" for s in self.splits for m in self.task.metrics]
         self.set_points_per_pass(points_per_pass)
         self.bn = None
         if bn_calibration is not None:
             if self.points_per_call > 1:
                 raise UserError("--bn_recompute works one point per pass: leave out --points_per_pass")
-            self.bn = BNRecalibration(self.model, bn_calibration.place(self.device, self.memory_format, resident, sharing),
+            self.bn = BNRecalibration(self.model, bn_calibration.place(self.device, self.memory_format, resident, sharing)
+                                      .cast(weights_dtype(model)),
                                       dir_type=dir_type, batch_size=batch_size)
 
     def autocast(self):
@@ -96,7 +106,7 @@ class SurfaceEvaluator:
             for name, split in self.splits.items():
                 xb, _ = next(split.batches(self.batch_size, self.device))
                 with self.autocast():
-                    a, b = logits_of(self.forward(xb)).float(), logits_of(self.forward(xb)).float()
+                    a, b = (output_vector(self.task.output(self.forward(xb))) for _ in range(2))
                 if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
                     raise UserError(
                         f"the model gives different outputs for the same {name!r} inputs in eval mode: remove randomness "
@@ -111,15 +121,29 @@ class SurfaceEvaluator:
     @torch.no_grad()
     def evaluate_point(self) -> torch.Tensor:
         """The metrics of the model as it is ([loss, acc] per split), one device sync."""
-        columns = []
+        sums = []
         for split in self.splits.values():
-            totals, count = torch.zeros(len(self.task.metrics), dtype=torch.float64, device=self.device), 0
+            totals, count = 0, 0  # a float64 tensor of the task's sums after the first batch
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
-                    totals += self.task.sums(logits_of(self.forward(xb)).float(), yb)
+                    totals += self.task.sums(self.task.output(self.forward(xb)), yb, inputs=xb)
                 count += self.task.count(yb)
-            columns.append(self.task.means(totals, count))
-        return torch.cat(columns)
+            sums.append((totals, count))
+        return torch.cat(self.means(sums))
+
+    def means(self, sums: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """Each split's metrics from its (sums, count); with a group (--ranks_per_point), both are
+        first added over the group's ranks, each of which evaluated its share of the split (one
+        reduction for all splits)."""
+        if self.group is not None and self.group.size > 1:
+            flat = group_sum(self.group, torch.cat([torch.cat([t.reshape(-1).double(), t.new_tensor([float(c)],
+                                                                dtype=torch.float64)]) for t, c in sums]))
+            out, i = [], 0
+            for t, _ in sums:
+                out.append((flat[i : i + t.numel()].view(t.shape), int(flat[i + t.numel()])))
+                i += t.numel() + 1
+            sums = out
+        return [self.task.means(t, c) for t, c in sums]
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
         if self.points_per_call > 1:
@@ -157,7 +181,7 @@ class SurfaceEvaluator:
         fixed = {n: t for n, t in fixed.items() if n not in names}
 
         def forward(tensors, inputs):
-            return logits_of(functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,)))
+            return self.task.output(functional_call(self.model, {**dict(zip(names, tensors)), **fixed}, (inputs,)))
 
         self.batched_forward = vmap(forward, in_dims=(0, None))
         if self.compile:
@@ -170,15 +194,15 @@ class SurfaceEvaluator:
         for j, coord in enumerate(coords):
             ThetaWriter.write_into([s[j] for s in self.stack], coord, self.stacked_part)
         tensors = [s[:k] for s in self.stack]
-        columns = []
+        sums = []
         for split in self.splits.values():
-            totals, count = torch.zeros(k, len(self.task.metrics), dtype=torch.float64, device=self.device), 0
+            totals, count = 0, 0
             for xb, yb in split.batches(self.batch_size, self.device):
                 with self.autocast():
-                    totals += self.task.sums(self.batched_forward(tensors, xb).float(), yb, stacked=True)
+                    totals += self.task.sums(self.batched_forward(tensors, xb), yb, stacked=True, inputs=xb)
                 count += self.task.count(yb)
-            columns.append(self.task.means(totals, count))
-        return torch.cat(columns, dim=1)
+            sums.append((totals, count))
+        return torch.cat(self.means(sums), dim=1)
 
 
 @dataclass(frozen=True)
@@ -194,14 +218,17 @@ class Evaluation:
     compile: bool = False
     channels_last: bool = False
     bn_calibration: Split | None = None  # re-estimate BN statistics at every point from this split
+    select: Selection | None = None  # the tensors the directions move (--params / --exclude; None: all)
 
     def evaluator(self, model: nn.Module, splits: dict[str, Split], directions: list[Direction], device,
-                  points_per_pass: int = 1, sharing: int = 1) -> SurfaceEvaluator:
-        """`sharing`: ranks using the same device (they split its memory)."""
+                  points_per_pass: int = 1, sharing: int = 1, group=None) -> SurfaceEvaluator:
+        """`sharing`: ranks using the same device (they split its memory); `group`: the ranks that
+        evaluate each point together, `splits` this rank's share of the data."""
         return SurfaceEvaluator(model, splits, directions, dir_type=self.dir_type, task=self.task, loss_name=self.loss_name,
                                 batch_size=self.batch_size, device=device, points_per_pass=points_per_pass,
                                 precision=self.precision, compile=self.compile, channels_last=self.channels_last,
-                                bn_calibration=self.bn_calibration, sharing=sharing)
+                                bn_calibration=self.bn_calibration, sharing=sharing, select=self.select,
+                                group=group)
 
 
 def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) -> tuple[int, str]:
@@ -209,10 +236,19 @@ def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) 
     return it with a note of how it was chosen. K = 1 without measuring when BN statistics are
     re-estimated at every point (only one point per pass can be recalibrated); a K whose stack or
     activations run out of GPU memory, or that vmap cannot run (data-dependent control flow,
-    .item(), in-place ops on inputs), ends the search."""
+    .item(), in-place ops on inputs), ends the search. Each rank of a group times its own share
+    alone (the ranks' searches may end differently; the caller takes the least K over ranks)."""
     if evaluator.bn is not None:
         evaluator.set_points_per_pass(1)
         return 1, "1 point per pass: BN statistics are re-estimated at every point"
+    group, evaluator.group = evaluator.group, None
+    try:
+        return _fastest(evaluator, candidates)
+    finally:
+        evaluator.group = group
+
+
+def _fastest(evaluator: SurfaceEvaluator, candidates) -> tuple[int, str]:
     best, best_time, note = 1, float("inf"), ""
     for k in candidates:
         coords = np.linspace(0, 0.01, 2 * k).reshape(k, 2)[:, : len(evaluator.theta.directions)]

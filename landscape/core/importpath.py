@@ -12,7 +12,7 @@ import sys
 
 from ..errors import UserError
 
-PATH_PREFIXES = ("hf:", "tokens:")  # `hf:FOLDER` models and `tokens:FILE` datasets name files, not modules
+PATH_PREFIXES = ("hf:", "tokens:", "text:", "hfdata:")  # `hf:FOLDER` models and token datasets name files, not modules
 
 
 def is_import_path(name) -> bool:

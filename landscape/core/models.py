@@ -48,7 +48,18 @@ class DigitsMLP(nn.Module):
         return self.net(x)
 
 
-MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP, **zoo.MODELS}
+def lm_tiny(context: int = 256):
+    """The embedded language model: a 4-layer decoder-only Llama (transformers.LlamaConfig) on
+    byte-level tokens (vocabulary 256), width 128, 4 heads, SwiGLU width 320, RoPE, tied
+    embeddings, `context` positions; 787,584 parameters."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                        num_key_value_heads=4, intermediate_size=320, max_position_embeddings=context,
+                                        tie_word_embeddings=True, bos_token_id=None, eos_token_id=None))
+
+
+MODELS = {"digits_cnn": DigitsCNN, "digits_mlp": DigitsMLP, "lm_tiny": lm_tiny, **zoo.MODELS}
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -56,6 +67,11 @@ def device_of(model: nn.Module) -> torch.device:
     for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 for a model without one)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 class Snapshot:
@@ -111,15 +127,40 @@ def code_identity(model: nn.Module, name: str | None = None) -> str:
 HF_PREFIX = "hf:"
 
 
-def load_hf(folder: str, task: str = "classification") -> nn.Module:
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def hf_task(config: dict, task: str | None, folder: str) -> str:
+    """The task a saved transformers model is for: `task`, checked against the architecture its
+    config.json names (`...ForCausalLM` is a causal LM, `...ForSequenceClassification` a
+    classifier), or, for None, inferred from it."""
+    names = " ".join(config.get("architectures") or [])
+    found = "causal_lm" if "CausalLM" in names else "classification" if "SequenceClassification" in names else None
+    if task is None:
+        return found or "causal_lm"
+    if found and found != task and task in ("classification", "causal_lm"):
+        raise UserError(f"--model hf:{folder} is a {names} ({found}), not a model for --task {task}: "
+                        f"use --task {found}")
+    return task
+
+
+def load_hf(folder: str, task: str | None = "classification", dtype: str = "fp32") -> nn.Module:
     """The transformers model saved in `folder`: AutoModelForSequenceClassification for
-    `--task classification`, else AutoModelForCausalLM; float32, eval mode, dropout p = 0.
-    Never goes to the network: compute nodes have none."""
+    `--task classification`, else AutoModelForCausalLM (None: the one its config names); its
+    weights in `dtype` (WEIGHT_DTYPES), eval mode, dropout p = 0. Never goes to the network:
+    compute nodes have none."""
+    import json
+
     path = Path(folder)
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.is_dir() else "has no config.json"
         raise UserError(f"--model hf:{folder}: the folder {folder!r} {what}: give a folder written by the model's "
                         "save_pretrained (config.json and model.safetensors), on this machine")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--model hf:{folder}: config.json is not readable JSON ({exc}): save the model again") from None
+    task = hf_task(config if isinstance(config, dict) else {}, task, folder)
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import transformers
@@ -129,7 +170,7 @@ def load_hf(folder: str, task: str = "classification") -> nn.Module:
     auto = (transformers.AutoModelForSequenceClassification if task == "classification"
             else transformers.AutoModelForCausalLM)
     try:
-        model = auto.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        model = auto.from_pretrained(path, local_files_only=True, dtype=WEIGHT_DTYPES[dtype])
     except Exception as exc:  # an unknown architecture, missing or broken weights
         raise UserError(f"--model hf:{folder}: {auto.__name__} cannot load it ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -139,11 +180,12 @@ def load_hf(folder: str, task: str = "classification") -> nn.Module:
     return model.eval()
 
 
-def build_model(name: str, seed: int = 0, task: str = "classification") -> nn.Module:
+def build_model(name: str, seed: int = 0, task: str | None = "classification", dtype: str = "fp32") -> nn.Module:
     """The named model (or the one `package.module:factory` returns), initialized from `seed`;
-    `hf:FOLDER`: the saved transformers model for `task` (see `load_hf`)."""
+    `hf:FOLDER`: the saved transformers model for `task` (None: the one it was saved for; see
+    `load_hf`), its weights in `dtype` (other models are cast by `cast_weights` once θ* is loaded)."""
     if name.startswith(HF_PREFIX):
-        return load_hf(name[len(HF_PREFIX):], task)
+        return load_hf(name[len(HF_PREFIX):], task, dtype)
     if is_import_path(name):
         factory = resolve(name, "--model")
     elif name in MODELS:
@@ -160,10 +202,21 @@ def build_model(name: str, seed: int = 0, task: str = "classification") -> nn.Mo
     return model
 
 
+def cast_weights(model: nn.Module, dtype: str) -> nn.Module:
+    """The model's floating-point parameters and buffers in `dtype` (WEIGHT_DTYPES), in place."""
+    want = WEIGHT_DTYPES[dtype]
+    if weights_dtype(model) != want:
+        model.to(want)
+    return model
+
+
 def run_model(model: nn.Module, inputs: torch.Tensor, name: str = "the model") -> torch.Tensor:
-    """The logits of one forward pass in eval mode on a few `inputs` (a UserError if it fails)."""
+    """The logits of one forward pass in eval mode on a few `inputs` (a UserError if it fails);
+    floating-point inputs in the weights' dtype."""
     from .tasks import logits_of
 
+    if inputs.is_floating_point():
+        inputs = inputs.to(weights_dtype(model))
     try:
         with torch.no_grad():
             out = model.eval()(inputs)

@@ -11,6 +11,12 @@ hand, write it, and add a large number to both counters, so every other rank
 stops after its current point as well (it sees the number when it reports the
 point done); the run then reports `interrupted`.
 
+Several ranks per point (`group`, engine.groups): the world is cut into groups of G ranks that
+evaluate each point together (the evaluator sums over its group). Only a group's leader (its
+rank 0) takes chunks, writes and counts; it hands each chunk number to its group (one broadcast),
+and after every point the group agrees on stopping (one allgather of two flags), so no member
+runs ahead of or behind its leader.
+
 Under mpirun (OpenMPI 4.1, measured; tests/integration/test_resume.py): SIGUSR1 sent to
 mpirun is forwarded to every rank at once, and mpirun exits 75. SIGTERM or
 SIGINT sent to mpirun: it waits `odls_base_sigkill_timeout`
@@ -77,15 +83,26 @@ class SharedCounters:
         self.win.Free()
 
 
+def agreed(group, *flags: bool) -> tuple[bool, ...]:
+    """Each flag true on some rank of `group` (None: this rank alone)."""
+    if group is None or group.size == 1:
+        return flags
+    seen = group.allgather(flags)
+    return tuple(any(f[i] for f in seen) for i in range(len(flags)))
+
+
 def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str = "mask", chunk: int = 0,
-        parallel_write: bool | None = None, progress: bool = True, label: str = "surface") -> RunSummary:
+        parallel_write: bool | None = None, progress: bool = True, label: str = "surface", group=None) -> RunSummary:
     """Evaluate every point of `grid` not yet `done` (flat bool mask) and write it to the prepared
-    file `path`: the datasets named by `evaluator.metrics`, then `mask`."""
+    file `path`: the datasets named by `evaluator.metrics`, then `mask`. `group`: this rank's
+    group of ranks that evaluate each point together (engine.groups; None: every rank alone)."""
     comm = comm or world()
     start = time.monotonic()
     order = grid.coarse_to_fine()
     todo = order[~done[order]]
-    bounds = chunk_bounds(len(todo), comm.size, chunk)
+    leader = group is None or group.rank == 0
+    shared = group is not None and group.size > 1
+    bounds = chunk_bounds(len(todo), comm.size // (group.size if group is not None else 1), chunk)
     n_chunks = len(bounds) - 1
     counters = SharedCounters(comm)
     writer = writer_for(path, comm, evaluator.metrics, mask, parallel_write)
@@ -95,12 +112,16 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
     slow = slow_factor(comm.rank)
     with StopRequest() as stop:
         while True:
-            if stop.requested:  # both counters: the others see it at their next chunk or point
-                counters.fetch_add(0, STOP)
-                counters.fetch_add(1, STOP)
+            (requested,) = agreed(group, stop.requested)
+            if requested:  # both counters: the others see it at their next chunk or point
+                if leader:
+                    counters.fetch_add(0, STOP)
+                    counters.fetch_add(1, STOP)
                 interrupted = True
                 break
-            c = counters.fetch_add(0, 1)
+            c = counters.fetch_add(0, 1) if leader else None
+            if shared:
+                c = group.bcast(c, root=0)
             if c >= n_chunks:
                 interrupted = interrupted or c >= STOP
                 break
@@ -112,16 +133,20 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
                 if slow > 1.0:
                     time.sleep((slow - 1.0) * (time.monotonic() - t0))
                 busy += time.monotonic() - t0
-                writer.write(sub, values)
-                mine += len(sub)
-                nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
-                total_done = counters.fetch_add(1, len(sub)) + len(sub)
-                if total_done >= STOP:  # another rank was asked to stop: end after this point too
+                halt = False
+                if leader:
+                    writer.write(sub, values)
+                    mine += len(sub)
+                    nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
+                    total_done = counters.fetch_add(1, len(sub)) + len(sub)
+                    halt = total_done >= STOP  # another rank was asked to stop: end after this point too
+                    if comm.rank == 0 and not halt:
+                        bar.update(total_done)
+                halt, requested = agreed(group, halt, stop.requested)
+                if halt:
                     interrupted = True
                     break
-                if comm.rank == 0:
-                    bar.update(total_done)
-                if stop.requested:
+                if requested:
                     break
         writer.close()
     counters.free()

@@ -4,6 +4,7 @@ Schema (axis order (y, x); a 1D grid has shape (nx,)):
 
     /x, /y                      coordinates (y only for 2D), HDF5 dimension scales
     /<split>/loss, /<split>/acc float64, NaN where not computed; dims (y, x) attached
+    /<split>/<name>             the same, for each metric of the user's own --task package.module:fn
     /mask                       uint8, 1 once every value of the point is written
     /directions/x/<name>, /directions/y/<name>   the directions, keyed by tensor name
     /trajectory/...             PCA trajectory: coords, off_plane, explained_variance, files,
@@ -166,9 +167,9 @@ def differences(stored: dict, wanted: dict, implied: dict | None = None) -> list
 def implied_job(f: h5py.File) -> dict:
     """What a job description without the keys added after format version 1 stands for: the
     precision of its config (fp32 without one); its model code and value-changing batch size
-    are unknown."""
+    are unknown; every tensor was selected, in float32."""
     return {"precision": read_provenance(f).config.get("precision", "fp32"), "model_code": ANY, "batch_size": ANY,
-            "task": "classification"}
+            "task": "classification", "params": None, "weights_dtype": "float32"}
 
 
 def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask: str = "mask",
@@ -393,7 +394,10 @@ def read_surface(path: str | Path) -> Surface:
         values = {}
         for split in sorted(f, key=_split_order):
             if isinstance(f[split], h5py.Group) and split not in NOT_SPLITS:
-                found = {m: np.asarray(f[split][m][...], dtype=float) for m in METRICS if m in f[split]}
+                names = [m for m in METRICS if m in f[split]] + [  # loss, acc, then the user's own metrics
+                    m for m in f[split] if m not in METRICS and isinstance(f[split][m], h5py.Dataset)
+                    and not f[split][m].is_scale]  # not the group's x, y coordinates
+                found = {m: np.asarray(f[split][m][...], dtype=float) for m in names}
                 if found:
                     values[split] = found
         if not values:

@@ -2,6 +2,11 @@
 the trajectory's honesty figure and the Hessian maps (viz.hessian_figures); several files side by side
 on one colour scale (compare_files).
 
+Every metric of the file is drawn: loss and accuracy (on one 1D axes, the accuracy on a twin axis),
+and each of the user's own (`--task package.module:fn`) in figures of its own. A causal LM's loss
+(the task stored in the file) also shows its perplexity exp(loss): a second y axis of the 1D
+curves, and `loss (perplexity)` on contour labels, colour bars and 3D z ticks.
+
 Reads the surface file through io.surface_file (never torch). Points not computed yet (mask 0) and
 non-finite values are masked, never drawn as zeros; titles say how complete the grid is.
 A partial file is written coarse-to-fine, so contours and 3D surfaces use the finest
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..errors import UserError
 from ..io.surface_file import METRICS, Surface, read_surface
@@ -22,6 +27,29 @@ from .common import COLORMAPS, FigureCanvasAgg, edges, folder, masked, plt, save
 from .hessian_figures import DEFAULT, plot_hessian
 
 LABELS = {"loss": "loss", "acc": "accuracy (%)"}
+WHAT = {"loss": "loss", "acc": "accuracy"}
+
+
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def is_language_model(surf: Surface) -> bool:
+    """The file holds a causal LM's next-token loss (the task stored with the job)."""
+    prov = surf.provenance
+    return (prov.job.get("task") or prov.config.get("task")) == "causal_lm"
+
+
+def perplexity(loss):
+    """exp(loss): the perplexity of a mean next-token cross-entropy (in nats)."""
+    with np.errstate(over="ignore"):
+        return np.exp(np.asarray(loss, dtype=float))
+
+
+def ppl_text(v: float, log: bool = False) -> str:
+    """A loss level as 'loss (perplexity)'; with log the level is log10 of the loss."""
+    loss = 10.0 ** v if log else v
+    return f"{v:.3g} ({float(perplexity(loss)):.3g})"
 
 
 def load(path) -> Surface:
@@ -136,14 +164,26 @@ def _select(surf: Surface, name: str, splits, metrics) -> tuple[list[str], list[
     for sp in splits:
         if sp not in surf.values:
             raise UserError(f"split {sp!r} is not in {name!r} (it has {', '.join(surf.values)}): choose one of those")
+    known = file_metrics(surf, splits)
     for m in metrics or ():
-        if m not in METRICS:
-            raise UserError(f"metric {m!r} is unknown: use loss, acc")
+        if m not in known and m not in METRICS:
+            raise UserError(f"metric {m!r} is unknown: use some of {', '.join(known)} (the metrics of {name!r})")
         for sp in splits:
             if m not in surf.values[sp]:
                 raise UserError(f"{name!r} has no {m!r} for split {sp!r} (it has {', '.join(surf.values[sp])}): "
                                 "choose another metric with --metrics")
-    return splits, list(metrics or METRICS)
+    return splits, list(metrics or known)
+
+
+def file_metrics(surf: Surface, splits=None) -> list[str]:
+    """The metrics of the file's splits, loss and acc first (as the file lists them)."""
+    return list(dict.fromkeys(m for sp in (splits or surf.values) if sp in surf.values for m in surf.values[sp]))
+
+
+def metric_groups(metrics) -> list[list[str]]:
+    """The metrics drawn together on one 1D axes: loss with acc, then each of the user's own alone."""
+    both = [m for m in metrics if m in METRICS]
+    return ([both] if both else []) + [[m] for m in metrics if m not in METRICS]
 
 
 def _options(formats, vmin, vmax, vlevel, log, cmap, dpi) -> dict:
@@ -167,15 +207,30 @@ def _options(formats, vmin, vmax, vlevel, log, cmap, dpi) -> dict:
 # ---- 1D curves ----------------------------------------------------------------------------------
 
 def _curve_axes(ax, metrics, colored=False) -> dict:
-    """{metric: axes}: the loss on ax, the accuracy on a twin axis (on ax when alone)."""
+    """{metric: axes}: the first metric (the loss) on ax, a second (the accuracy) on a twin axis."""
     axes = {}
-    if "loss" in metrics:
-        axes["loss"] = ax
-    if "acc" in metrics:
-        axes["acc"] = ax.twinx() if axes else ax
+    for m in metrics[:2]:
+        axes[m] = ax.twinx() if axes else ax
     for m, a in axes.items():
-        a.set_ylabel(LABELS[m], **({"color": COLORS[m]} if colored else {}))
+        a.set_ylabel(label(m), **({"color": COLORS.get(m, "tab:blue")} if colored else {}))
     return axes
+
+
+def _perplexity_axis(ax):
+    """A second y axis of the loss axes in perplexity exp(loss), left of it (the right one holds the
+    accuracy); its ticks are where exp(loss) is round, so they are unevenly spaced."""
+    def forward(loss):
+        return perplexity(loss)
+
+    def inverse(ppl):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(np.asarray(ppl, dtype=float))
+
+    sec = ax.secondary_yaxis(-0.2, functions=(forward, inverse))
+    sec.yaxis.set_major_locator(MaxNLocator(6))  # round perplexities, also when the loss axis is log
+    sec.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    sec.set_ylabel("perplexity exp(loss)")
+    return sec
 
 
 def _finish_curves(axes, opts, min_lines=2):
@@ -204,20 +259,31 @@ COLORS = {"loss": "tab:blue", "acc": "tab:red"}
 
 
 def _plot_1d(surf, stem, splits, opts, out_dir, written):
+    """Per split (and train with test): loss and accuracy as <stem>_<split>_1d / <stem>_1d_all; each
+    of the user's own metrics m as <stem>_<split>_m_1d / <stem>_m_1d_all."""
     s = stride(surf.mask)
-    for group in [[sp] for sp in splits] + ([splits] if {"train", "test"} <= set(splits) else []):
-        present = [m for m in opts["metrics"] if any(m in surf.values[sp] for sp in group)]
-        fig, ax = plt.subplots(figsize=(5, 3.6), constrained_layout=True)
-        axes = _curve_axes(ax, present, colored=True)
-        for sp, style in zip(group, ["-", "--", ":", "-."]):
-            for metric, axis in axes.items():
-                if metric in surf.values[sp]:
-                    axis.plot(*_curve(surf, sp, metric, opts), style, color=COLORS[metric], lw=1.5, label=f"{sp} {metric}")
-        ax.set_xlabel(axis_labels(surf)[0])
-        _finish_curves(axes, opts)
-        what = " and ".join({"loss": "loss", "acc": "accuracy"}[m] for m in axes)
-        ax.set_title(_title(" and ".join(group), what, surf, s))
-        save_figure(fig, out_dir, f"{stem}_{group[0]}_1d" if len(group) == 1 else f"{stem}_1d_all", *opts["save"], written)
+    for metrics in metric_groups(opts["metrics"]):
+        own = "" if metrics[0] in METRICS else f"_{metrics[0]}"
+        for group in [[sp] for sp in splits] + ([splits] if {"train", "test"} <= set(splits) else []):
+            present = [m for m in metrics if any(m in surf.values[sp] for sp in group)]
+            if not present:
+                continue
+            fig, ax = plt.subplots(figsize=(5.6 if "loss" in present and is_language_model(surf) else 5, 3.6),
+                                   constrained_layout=True)
+            axes = _curve_axes(ax, present, colored=True)
+            for sp, style in zip(group, ["-", "--", ":", "-."]):
+                for metric, axis in axes.items():
+                    if metric in surf.values[sp]:
+                        axis.plot(*_curve(surf, sp, metric, opts), style, color=COLORS.get(metric, "tab:blue"), lw=1.5,
+                                  label=f"{sp} {metric}")
+            ax.set_xlabel(axis_labels(surf)[0])
+            _finish_curves(axes, opts)
+            if "loss" in axes and is_language_model(surf):
+                _perplexity_axis(axes["loss"])
+            what = " and ".join(WHAT.get(m, m) for m in axes)
+            ax.set_title(_title(" and ".join(group), what, surf, s))
+            name = f"{stem}_{group[0]}{own}_1d" if len(group) == 1 else f"{stem}{own}_1d_all"
+            save_figure(fig, out_dir, name, *opts["save"], written)
 
 
 # ---- 2D figures ---------------------------------------------------------------------------------
@@ -236,20 +302,22 @@ class _Panel:
     label: str
     cmap: str
     aspect: str
+    ppl: bool = False  # a causal LM's loss: levels shown as 'loss (perplexity)'
+    log: bool = False  # z is log10 of the loss
 
 
 def _zdata(surf, split, metric, opts):
     """(full-resolution masked values, colorbar label, level options): log10 of the loss with log."""
     z = masked(surf.values[split][metric], surf.mask)
-    label, lv = LABELS[metric], {}
+    text, lv = label(metric), {}
     if metric == "loss":
         lv = {k: opts[k] for k in ("vmin", "vmax", "vlevel")}
         if opts["log"]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 z = masked(np.log10(z.filled(np.nan)), surf.mask)
             lv.update({k: np.log10(opts[k]) for k in ("vmin", "vmax") if opts[k] and opts[k] > 0})
-            label = "log10 loss"
-    return z, label, lv
+            text = "log10 loss"
+    return z, text, lv
 
 
 def _extend(data: np.ndarray, lev: np.ndarray) -> str:
@@ -258,17 +326,25 @@ def _extend(data: np.ndarray, lev: np.ndarray) -> str:
     return ["neither", "min", "max", "both"][bool(below) + 2 * bool(above)]
 
 
-def _panel(surf, z, label, lev, extend, cmap) -> _Panel:
+def _panel(surf, z, text, lev, extend, cmap, ppl=False, log=False) -> _Panel:
+    """ppl: z is a causal LM's loss (log10 of it with log), shown with its perplexity."""
     s = stride(surf.mask)
     X, Y = np.meshgrid(surf.x[::s], surf.y[::s])
     square = math.isclose(np.ptp(surf.x), np.ptp(surf.y), rel_tol=1e-6)  # equal aspect when spans match
     extent = heat_data(surf.x, surf.y, z.filled(np.nan), surf.mask)[1]
-    return _Panel(z, extent, X, Y, z[::s, ::s], lev, extend, label, cmap, "equal" if square else "auto")
+    if ppl:
+        text += " (perplexity)"
+    return _Panel(z, extent, X, Y, z[::s, ::s], lev, extend, text, cmap, "equal" if square else "auto", ppl, log)
+
+
+def _level_format(p):
+    """Contour labels and colour-bar ticks: the value, and its perplexity for a causal LM's loss."""
+    return (lambda v, *_: ppl_text(v, p.log)) if p.ppl else (lambda v, *_: f"{v:.3g}")
 
 
 def _contour(fig, ax, p):
     cs = ax.contour(p.X, p.Y, p.zs, levels=p.lev, cmap=p.cmap)
-    ax.clabel(cs, inline=True, fontsize=7, fmt="%.3g")
+    ax.clabel(cs, inline=True, fontsize=7, fmt=_level_format(p))
     ax.set_aspect(p.aspect)
     return cs
 
@@ -291,6 +367,8 @@ def _surface3d(fig, ax, p):
                     rcount=min(zc.shape[0], 101), ccount=min(zc.shape[1], 101))  # every point up to 101 a side
     ax.set_zlim(p.lev[0], p.lev[-1])
     ax.set_zlabel(p.label)
+    if p.ppl:
+        ax.zaxis.set_major_formatter(FuncFormatter(_level_format(p)))
 
 
 KINDS_2D = {"contour": _contour, "contourf": _contourf, "heat": _heat, "3d": _surface3d}
@@ -298,7 +376,10 @@ KINDS_2D = {"contour": _contour, "contourf": _contourf, "heat": _heat, "3d": _su
 
 def _colorbar(fig, mappable, ax, kind, p):
     """contourf knows its own extend; an image needs it given."""
-    fig.colorbar(mappable, ax=ax, label=p.label, **({"extend": p.extend} if kind == "heat" else {}))
+    bar = fig.colorbar(mappable, ax=ax, label=p.label, **({"extend": p.extend} if kind == "heat" else {}))
+    if p.ppl:
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(_level_format(p)))
+    return bar
 
 
 def _axes_2d(ax, surf, kind):
@@ -348,16 +429,17 @@ def _plot_2d(surf, stem, splits, kinds, opts, out_dir, written):
         for metric in opts["metrics"]:
             if metric not in surf.values[sp]:
                 continue
-            z, label, lv = _zdata(surf, sp, metric, opts)
+            z, text, lv = _zdata(surf, sp, metric, opts)
             lev = levels(z, **lv, robust=metric == "loss")
-            p = _panel(surf, z, label, lev, _extend(z.compressed(), lev), opts["cmap"])
+            p = _panel(surf, z, text, lev, _extend(z.compressed(), lev), opts["cmap"],
+                       ppl=metric == "loss" and is_language_model(surf), log=opts["log"])
             for kind in [k for k in kinds if k in KINDS_2D]:
                 if kind != "heat" and min(p.zs.shape) < 2:  # a single row or column: heat map only
                     continue
                 fig = plt.figure(figsize=(6, 4.8) if kind == "3d" else (5.2, 4.2), constrained_layout=True)
                 ax = fig.add_subplot(projection="3d" if kind == "3d" else None)
                 _axes_2d(ax, surf, kind)
-                ax.set_title(_title(sp, label.replace(" (%)", ""), surf, 1 if kind == "heat" else s))
+                ax.set_title(_title(sp, p.label.replace(" (%)", ""), surf, 1 if kind == "heat" else s))
                 mappable = KINDS_2D[kind](fig, ax, p)
                 if kind in ("contourf", "heat"):
                     _colorbar(fig, mappable, ax, kind, p)
@@ -433,8 +515,8 @@ def compare_files(paths, out_dir=None, *, titles=None, kinds=None, splits=None, 
     splits = _names(splits) or _common(list(surfs[0].values), [list(s.values) for s in surfs], "split", paths)
     for s, p in zip(surfs, paths):
         _select(s, str(p), splits, None)
-    found = [[m for m in METRICS if all(m in s.values[sp] for sp in splits)] for s in surfs]
-    metrics = _names(metrics) or _common(list(METRICS), found, "metric", paths)
+    found = [[m for m in file_metrics(s) if all(m in s.values[sp] for sp in splits)] for s in surfs]
+    metrics = _names(metrics) or _common(file_metrics(surfs[0]), found, "metric", paths)
     for s, p in zip(surfs, paths):
         _select(s, str(p), splits, metrics)
     kinds = _names(kinds) or (["1d"] if dim == 1 else ["contourf", "heat"])
@@ -449,7 +531,9 @@ def compare_files(paths, out_dir=None, *, titles=None, kinds=None, splits=None, 
     written: list[Path] = []
     for sp in splits:
         if dim == 1:
-            _compare_1d(surfs, titles, f"{stem}_{sp}_1d", sp, opts, out_dir, written)
+            for group in metric_groups(metrics):
+                own = "" if group[0] in METRICS else f"_{group[0]}"
+                _compare_1d(surfs, titles, f"{stem}_{sp}{own}_1d", sp, dict(opts, metrics=group), out_dir, written)
         else:
             for metric in metrics:
                 _compare_2d(surfs, titles, stem, sp, metric, kinds, opts, out_dir, written)
@@ -461,10 +545,12 @@ def _compare_1d(surfs, titles, name, split, opts, out_dir, written):
     axes = _curve_axes(ax, opts["metrics"])
     for i, (surf, title) in enumerate(zip(surfs, titles)):
         for metric, axis in axes.items():
-            axis.plot(*_curve(surf, split, metric, opts), {"loss": "-", "acc": "--"}[metric], color=f"C{i % 10}",
+            axis.plot(*_curve(surf, split, metric, opts), "--" if metric == "acc" else "-", color=f"C{i % 10}",
                       lw=1.5, label=f"{title} {metric}{_done(surf, stride(surf.mask))}")
     ax.set_xlabel(axis_labels(surfs[0])[0])
     _finish_curves(axes, opts, min_lines=1)
+    if "loss" in axes and all(is_language_model(s) for s in surfs):
+        _perplexity_axis(axes["loss"])
     what = " (solid) and accuracy (dashed)" if len(axes) == 2 else ""
     ax.set_title(f"{split} {' and '.join(axes) if not what else 'loss' + what}")
     save_figure(fig, out_dir, name, *opts["save"], written)
@@ -472,10 +558,12 @@ def _compare_1d(surfs, titles, name, split, opts, out_dir, written):
 
 def _compare_2d(surfs, titles, stem, split, metric, kinds, opts, out_dir, written):
     zs = [_zdata(s, split, metric, opts) for s in surfs]
-    label, lv = zs[0][1], zs[0][2]
+    text, lv = zs[0][1], zs[0][2]
     data = np.concatenate([z.compressed() for z, _, _ in zs])
     lev = levels(np.ma.masked_array(data), **lv, robust=metric == "loss")  # one scale for every panel
-    panels = [_panel(s, z, label, lev, _extend(data, lev), opts["cmap"]) for s, (z, _, _) in zip(surfs, zs)]
+    ppl = metric == "loss" and all(is_language_model(s) for s in surfs)
+    panels = [_panel(s, z, text, lev, _extend(data, lev), opts["cmap"], ppl=ppl, log=opts["log"])
+              for s, (z, _, _) in zip(surfs, zs)]
     spans = [(s.x[0], s.x[-1], s.y[0], s.y[-1]) for s in surfs]
     same = all(np.allclose(span, spans[0]) for span in spans)  # share the axes when the grids span the same
     for kind in kinds:
@@ -494,5 +582,5 @@ def _compare_2d(surfs, titles, stem, split, metric, kinds, opts, out_dir, writte
             if surf.trajectory is not None:
                 _path(ax, surf.trajectory.coords)
         _colorbar(fig, mappable, list(axes[0]), kind, panels[0])
-        fig.suptitle(f"{split} {label.replace(' (%)', '')}")
+        fig.suptitle(f"{split} {panels[0].label.replace(' (%)', '')}")
         save_figure(fig, out_dir, f"{stem}_{split}_{metric}_{kind}", *opts["save"], written)

@@ -1,8 +1,10 @@
 """`landscape info SURFACE.h5`: a short textual summary of a surface file (never imports torch).
 
 Grid, completion (of the surface and of its Hessian map), per split the minimum loss and where,
-the loss at the centre and the sharpness along each axis, non-finite values, the trajectory and
-the provenance (fingerprints, directions, seed, versions, the config's model and data).
+the loss at the centre and the sharpness along each axis, the other metrics at the centre (the
+accuracy, the user's own metrics), non-finite values, the trajectory and the provenance
+(fingerprints, directions, seed, versions, the config's model and data). For a causal LM (the task
+stored with the job) each loss is followed by its perplexity exp(loss).
 
 Sharpness, per split and axis, around the centre c: the grid point nearest (0, 0), i.e. θ* (on
 an axis that does not contain 0, its middle point). Two numbers, the other coordinate at c:
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.surface_file import read_surface
+from ..io.surface_file import METRICS, read_surface
 
 
 def _fmt(v) -> str:
@@ -76,11 +78,32 @@ def _directions(source: dict) -> str:
     return "given (a --dir_file or the API)" if source else "–"
 
 
+def _ppl(loss) -> str:
+    """' (perplexity exp(loss))' of a causal LM's mean next-token loss."""
+    if loss is None or not np.isfinite(loss):
+        return " (perplexity n/a)"
+    with np.errstate(over="ignore"):
+        return f" (perplexity {_fmt(float(np.exp(loss)))})"
+
+
+def _selection(params) -> str:
+    """The --params / --exclude selection of a job and its size."""
+    if not params:
+        return "every tensor"
+    text = f"--params {','.join(params['params']) or '(all)'}"
+    text += f" --exclude {','.join(params['exclude'])}" if params.get("exclude") else ""
+    if "tensors" in params:
+        text += f" ({params['tensors']} tensors, {params['numel']:,} parameters)"
+    return text
+
+
 def info(path) -> str:
     """The summary of surface file `path` as text (raises UserError for a file that is not one)."""
     surf = read_surface(path)
     prov = surf.provenance
     job, config = prov.job, prov.config
+    task = job.get("task") or config.get("task") or "classification"
+    ppl = _ppl if task == "causal_lm" else (lambda loss: "")
     two_d = surf.y is not None
     lines = [f"{path}: {'2D' if two_d else '1D'} surface"]
     lines.append(f"  x: {_range(surf.x)}")
@@ -108,10 +131,12 @@ def info(path) -> str:
             if finite.any():
                 k = np.unravel_index(int(np.nanargmin(np.where(finite, loss, np.inf))), loss.shape)
                 at = f"α = {_fmt(surf.x[k[-1]])}" + (f", β = {_fmt(surf.y[k[0]])}" if two_d else "")
-                text += f" min loss {_fmt(loss[k])} at ({at});"
-            text += f" loss at centre {_fmt(_at(loss, centre))};"
+                text += f" min loss {_fmt(loss[k])}{ppl(float(loss[k]))} at ({at});"
+            text += f" loss at centre {_fmt(_at(loss, centre))}{ppl(_at(loss, centre))};"
             if "acc" in metrics:
                 text += f" acc at centre {_fmt(_at(np.where(surf.mask, metrics['acc'], np.nan), centre))}%;"
+            text += "".join(f" {m} at centre {_fmt(_at(np.where(surf.mask, v, np.nan), centre))};"
+                            for m, v in metrics.items() if m not in METRICS)
             text += f" non-finite {bad}"
             lines.append(text)
             axes = [("α", surf.x, loss if not two_d else loss[iy, :], ix)]
@@ -122,7 +147,8 @@ def info(path) -> str:
                 lines.append(f"    sharpness along {name}: rise {_fmt(s['rise'][0])} / {_fmt(s['rise'][1])} "
                              f"(− / + side), curvature {_fmt(s['curvature'])}")
         else:
-            lines.append(text + f" no loss; non-finite {bad}")
+            lines.append(text + " no loss;" + "".join(f" {m} at centre {_fmt(_at(np.where(surf.mask, v, np.nan), centre))};"
+                                                      for m, v in metrics.items() if m != "loss") + f" non-finite {bad}")
     if surf.trajectory is not None:
         t = surf.trajectory
         ev = t.explained_variance
@@ -131,12 +157,14 @@ def info(path) -> str:
     lines.append("  provenance:")
     keys = ("model", "model_file", "model_file2", "model_file3", "dir_file", "dataset")
     given = [f"{k} {config[k]}" for k in keys if config.get(k)]
-    given += [f"{k} {job[k]}" for k in ("loss_name", "dir_type") if k in job]
+    given += [f"{k} {job[k]}" for k in ("task", "loss_name", "dir_type") if k in job]
     lines.append(f"    job: {', '.join(given) or '–'}")
     data = job.get("data_fingerprint", {})
     lines.append(f"    fingerprints: model {job.get('model_fingerprint', '–')}, directions "
                  f"{job.get('directions_fingerprint', '–')}"
                  + "".join(f", {k} data {v}" for k, v in (data.items() if isinstance(data, dict) else [])))
     lines.append(f"    directions: {_directions(job.get('directions', {}))}")
+    lines.append(f"    tensors moved: {_selection(job.get('params'))}"
+                 + (f"; weights in {job['weights_dtype']}" if job.get("weights_dtype", "float32") != "float32" else ""))
     lines.append(f"    seed {prov.seed}; versions: {prov.versions}")
     return "\n".join(lines)
