@@ -63,7 +63,7 @@ from .core.models import (
     weights_dtype,
 )
 from .core.selection import Selection
-from .core.tasks import task_code
+from .core.tasks import resolve_task, task_code
 from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
@@ -144,6 +144,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     `extra`: more datasets for the new file ({path: array}); `source`: how given directions were
     made; `model_code`: what identifies the model's code (default: its class's source)."""
     job = surface_options(opts)
+    job = dataclasses.replace(job, task=resolve_task(model, job.task))
     comm = comm or engine.world()
     device = device_of(model) if device is None else torch.device(device)
     axes = [a for a in job.axes() if a is not None]
@@ -279,18 +280,19 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     device = engine.on_all(comm, lambda: pick_device(job.device, comm))  # collective; a mistake stops every rank
 
     def load():
-        model = build_model(job.model, seed=job.seed, task=job.task, dtype=job.dtype)
+        model = build_model(job.model, seed=job.seed, task=None if job.task == "auto" else job.task, dtype=job.dtype)
         if job.model_file:
             load_checkpoint(model, job.model_file)
         cast_weights(model, job.dtype)
         splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode),
                               seq_len=job.seq_len, model=job.model, tokenizer=job.tokenizer)
         sample = splits[job.splits[0]]
-        if job.task == "causal_lm":
+        task = resolve_task(model, job.task)
+        if task == "causal_lm":
             check_language_data(model, splits)
         if is_import_path(job.loss_name):
             check_loss(job.loss_name, run_model(model, sample.inputs[:4], job.model), sample.labels[:4])
-        elif job.task == "classification":
+        elif task == "classification":
             num_outputs(model, sample.inputs[:4], job.model)  # labels are checked by compute_surface
         elif not is_import_path(job.task):  # the user's metric function takes any output (checked at start-up)
             run_model(model, sample.inputs[:4], job.model)
@@ -328,6 +330,7 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
     names, the surface into job.surf_file, and a trajectory's checkpoint losses once complete."""
     comm = comm or engine.world()
     model, splits, device = load_inputs(job, comm)
+    job = dataclasses.replace(job, task=resolve_task(model, job.task))  # the stored config states the task
 
     def directions_of_job() -> ModelDirections:
         found = job_directions(job, model)
@@ -377,6 +380,7 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         engine.on_all(comm, checkpoint_here)
         job = dataclasses.replace(job, splits=["train"], threads=int(threads), device=device)
         model, splits, dev = load_inputs(job, comm)
+        job = dataclasses.replace(job, task=resolve_task(model, job.task))
         data = subset_of(splits["train"], int(subset), "random", "train")
         directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in stored.directions[: grid.ndim]]
         if len(directions) < grid.ndim:

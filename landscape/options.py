@@ -32,7 +32,7 @@ WriteMode = Literal["auto", "parallel", "gather"]
 SubsetMode = Literal["first", "random"]
 TokenizerName = Literal["auto", "bytes"]
 SplitName = Literal["train", "test"]
-TaskName = Literal["classification", "regression", "causal_lm"]  # or the user's package.module:function
+TaskName = Literal["auto", "classification", "regression", "causal_lm"]  # or the user's package.module:function
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
 LOSS_NAMES, PRECISIONS, SPLITS = get_args(LossName), get_args(Precision), get_args(SplitName)
@@ -111,7 +111,8 @@ class Job:
                                    "fingerprint act on the selection only (default: every tensor)", "directions")
     exclude: Optional[str] = option(None, "globs of tensors to leave out of the selection, e.g. `*.norm.*,lm_head`",
                                     "directions")
-    task: str = option("classification", "what is measured: `classification` (loss and accuracy of class "
+    task: str = option("auto", "what is measured: `auto`: the model's own (`causal_lm` for a `...ForCausalLM` "
+                       "model, else `classification`; the file states which); `classification` (loss and accuracy of class "
                        "indices), `regression` (mean squared error of float targets, or your own loss; no "
                        "accuracy), `causal_lm` (next-token cross-entropy of token ids, the mean per predicted "
                        "token, and next-token accuracy; perplexity shown), or your own `package.module:function`: "

@@ -347,6 +347,14 @@ class UserMetrics:
 TASKS = {"classification": Classification, "regression": Regression, "causal_lm": CausalLM}
 
 
+def resolve_task(model, task: str) -> str:
+    """`task`, or for `auto` the one the model is made for: `causal_lm` for a model whose class is
+    a `...ForCausalLM` (a transformers causal LM), `classification` for any other."""
+    if task != "auto":
+        return task
+    return "causal_lm" if "ForCausalLM" in type(model).__name__ else "classification"
+
+
 def make_task(task: str = "classification", loss_name: str = "crossentropy") -> Task:
     """The task named by --task, with its loss; `package.module:fn`: the user's own metrics."""
     if is_import_path(task):

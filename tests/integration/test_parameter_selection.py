@@ -240,3 +240,21 @@ def test_a_causal_lm_folder_is_refused_as_a_classifier_and_read_as_saved_by_the_
         assert set(g["directions/x"]) == set(f["directions/x"])
         for k in f["directions/x"]:
             np.testing.assert_array_equal(g[f"directions/x/{k}"][...], f[f"directions/x/{k}"][...])
+
+
+def test_the_task_is_inferred_from_a_causal_lm_and_stated_in_the_file(files):
+    """No --task: a ...ForCausalLM folder is evaluated as a causal LM (its centre is HF's own loss), and the file's
+    job and stored config say causal_lm, so `landscape info` shows perplexity and a Hessian map uses that loss."""
+    import yaml
+
+    from landscape.viz.info import info
+
+    path = files["folder"] / "auto.h5"
+    run_surface(["--model", f"hf:{files['model']}", "--dataset", f"tokens:{files['train']}", "--seq_len",
+                 str(SEQ_LEN), "--x=-1:1:3", "--threads", "1", "--no-plot", "--no-progress", "--surf_file", str(path)])
+    with h5py.File(path) as f:
+        job, config, centre = json.loads(f.attrs["job"]), yaml.safe_load(f.attrs["config"]), f["train/loss"][1]
+    assert job["task"] == config["task"] == "causal_lm"
+    model = build_model(f"hf:{files['model']}", task=None)
+    assert centre == pytest.approx(hf_loss(model, ids_of(files["train"])), rel=1e-5)
+    assert "perplexity" in info(path)
