@@ -29,7 +29,9 @@ from speed import bare_forward, case, sync  # noqa: E402
 
 from landscape.api import compute_surface  # noqa: E402
 
+PLAIN = {"channels_last": False, "compile": False, "points_per_pass": 1}  # forced: no start-up measurement
 VARIANTS = {
+    "auto (default options)": {"channels_last": None, "compile": None, "points_per_pass": 0},
     "fp32": {},
     "fp32 channels-last": {"channels_last": True},
     "bf16": {"precision": "bf16"},
@@ -39,7 +41,7 @@ VARIANTS = {
 
 
 def time_per_point(model, split, batch, points, device, **options) -> float:
-    model = copy.deepcopy(model)
+    model, options = copy.deepcopy(model), {**PLAIN, **options}
     with tempfile.TemporaryDirectory() as tmp:
         compute_surface(model, {"train": split}, x="-1:1:2", batch_size=batch, surf_file=Path(tmp) / "warm.h5",
                         device=device, **options)

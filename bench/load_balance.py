@@ -55,7 +55,8 @@ def worker(opts) -> None:
     model = build_model(opts.model, seed=0)
     train = load_dataset("digits")["train"]
     grid = f"-1:1:{opts.grid}"
-    s = compute_surface(model, {"train": train}, x=grid, y=grid, surf_file=opts.worker, chunk=opts.chunk, comm=comm)
+    s = compute_surface(model, {"train": train}, x=grid, y=grid, surf_file=opts.worker, chunk=opts.chunk, comm=comm,
+                        channels_last=False, compile=False, points_per_pass=1)
     if comm.rank == 0:
         summ = s.summary
         print("SUMMARY " + json.dumps({"points": summ.computed, "engine_s": summ.seconds,

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from landscape.api import compute_surface  # noqa: E402
+
+PLAIN = {"channels_last": False, "compile": False, "points_per_pass": 1}  # the plain path (not measured at start-up)
 from landscape.core.data import Split, load_dataset  # noqa: E402
 from landscape.core.models import build_model  # noqa: E402
 
@@ -189,7 +191,7 @@ def worker(name: str, n: int, side: int, batch: int) -> None:
     tmp = tempfile.mkdtemp() if comm.rank == 0 else None
     tmp = comm.bcast(tmp)
     s = compute_surface(model, {"train": split}, x=f"-1:1:{side}", y=f"-1:1:{side}", batch_size=batch,
-                        surf_file=Path(tmp) / "s.h5", comm=comm)
+                        surf_file=Path(tmp) / "s.h5", comm=comm, **PLAIN)
     if comm.rank == 0:
         print(s.summary.computed / s.summary.seconds)
 
@@ -232,7 +234,7 @@ def main():
             variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
         floors = []
         for label, options in variants.items():
-            options = {"batch_size": batch, **options}
+            options = {"batch_size": batch, **PLAIN, **options}  # each variant forced (no start-up measurement)
             size = options.pop("batch_size")
             count = max(points, 6 * options.get("points_per_pass", 1))
             ratios = []

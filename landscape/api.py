@@ -33,10 +33,12 @@ from .analysis.hessian import (
     sub_grid,
     unconverged,
 )
+from .analysis.spectrum import job_eigen_directions
 from .analysis.trajectory import ModelDirections, job_directions, record_checkpoint_losses
-from .core.data import SUBSET_SEED, Split, as_splits, check_labels, check_tokens, load_dataset
+from .core import tuning
+from .core.data import SUBSET_SEED, Holding, Split, accepted_fingerprint, as_splits, check_labels, check_tokens, load_dataset
 from .core.data import subset as subset_of
-from .core.device import pick_device, ranks_per_device, set_threads
+from .core.device import free_memory, pick_device, ranks_per_device, set_threads
 from .core.directions import (
     Direction,
     as_arrays,
@@ -46,9 +48,10 @@ from .core.directions import (
     target_tensors,
     tensor_layouts,
 )
-from .core.evaluate import Evaluation, fastest_points_per_pass
+from .core.evaluate import Evaluation
 from .core.grid import Grid
 from .core.importpath import check_loss, is_import_path
+from .core.memory import check_fits, surface_needs
 from .core.models import (
     Snapshot,
     batch_statistics,
@@ -69,7 +72,7 @@ from .io import reference, surface_file
 
 #: compute_surface's keyword options: the job options that do not name files of a CLI job
 SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "params", "exclude", "task",
-                   "loss_name", "batch_size", "ranks_per_point",
+                   "loss_name", "batch_size", "ranks_per_point", "data_in_memory",
                    "points_per_pass", "precision", "compile", "channels_last", "chunk", "write", "force", "progress")
 
 
@@ -149,7 +152,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     device = device_of(model) if device is None else torch.device(device)
     axes = [a for a in job.axes() if a is not None]
     grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
-    splits = as_splits(data)
+    splits = as_splits(data, Holding(job.data_in_memory, ranks_per_device(comm, torch.device("cpu"))))  # collective
     norms, ignores = (job.xnorm, job.ynorm or job.xnorm), (job.xignore, job.yignore or job.xignore)
     select = Selection.of(job.params, job.exclude)
     if directions is None:
@@ -162,14 +165,20 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
             raise UserError(f"a {grid.ndim}D grid needs {grid.ndim} directions, got {len(directions)}")
         check_directions(directions, model, job.dir_type, "the given directions", select)
         source = source or {"given": True}
+    # automatic options: as the file's first run chose them (its values stay consistent), else measured below
+    first = {} if surf_file is None or job.force else engine.on_root(
+        comm, lambda: surface_file.read_run_options(surf_file).get("evaluation", {}))
+    automatic = {"channels_last": job.channels_last is None, "compile": job.compile is None,
+                 "points_per_pass": job.points_per_pass == 0}
+    job = dataclasses.replace(job, **{k: first[k] for k, auto in automatic.items() if auto and k in first})
     evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
-                            precision=job.precision, compile=job.compile, channels_last=job.channels_last,
+                            precision=job.precision, compile=bool(job.compile), channels_last=bool(job.channels_last),
                             bn_calibration=bn_calibration, select=select)
     snapshot = Snapshot(model)  # the model is left as it was; the evaluator moves it and sets eval mode
     if job.task == "classification" and not is_import_path(job.loss_name):  # class indices below the outputs
         def class_indices():
             try:
-                classes = num_outputs(model, next(iter(splits.values())).inputs[:4].to(device_of(model)))
+                classes = num_outputs(model, next(iter(splits.values())).head(4).inputs.to(device_of(model)))
             finally:
                 snapshot.restore()
             return {name: check_labels(s, classes, name) for name, s in splits.items()}
@@ -182,6 +191,9 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     whole = splits  # the data fingerprints are of the whole splits, whatever the group size
     if group.size > 1:
         splits = engine.on_all(comm, lambda: shares(model, splits, group))
+    need = surface_needs(model, directions, splits, device, dir_type=job.dir_type, select=select,
+                         points_per_pass=max(job.points_per_pass, 1), batch_size=job.batch_size)
+    engine.on_all(comm, lambda: check_fits(need, free_memory(device) // sharing, device, sharing))  # before any work
     try:  # on every rank at once: the user's metric function is first called here (core.tasks.UserMetrics)
         evaluator = engine.on_all(comm, lambda: evaluation.evaluator(model, splits, directions, device, sharing=sharing,
                                                                      points_per_pass=max(job.points_per_pass, 1),
@@ -189,14 +201,24 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     except BaseException:
         snapshot.restore()
         raise
-    notes = []
+    notes = [f"split {name!r}: {s.note}" for name, s in whole.items() if s.note]  # held or streamed, and why
+    run_options = {"ranks_per_point": group.size, "ranks": comm.size,
+                   "evaluation": {"channels_last": evaluation.channels_last, "compile": evaluation.compile,
+                                  "points_per_pass": max(job.points_per_pass, 1)}}
     try:
         engine.on_root(comm, evaluator.check_deterministic)
-        if job.points_per_pass == 0:  # measured on every rank at once (as loaded as in the run); the least K wins,
-            found = comm.allgather(engine.on_all(comm, lambda: fastest_points_per_pass(evaluator)))
-            k, note = min(found, key=lambda kn: kn[0])  # so every rank uses the same K and values match across runs
-            evaluator.set_points_per_pass(k)
-            notes.append(note + (f" (the least over {comm.size} ranks)" if comm.size > 1 else ""))
+        if job.channels_last is None or job.compile is None or job.points_per_pass == 0:  # core.tuning
+            def build(chosen, k):
+                return engine.on_all(comm, lambda: chosen.evaluator(model, splits, directions, device, sharing=sharing,
+                                                                    points_per_pass=k, group=group))
+
+            left = grid.size if surf_file is None else engine.on_root(comm, lambda: surface_file.points_left(surf_file,
+                                                                                                             grid.size))
+            evaluation, evaluator, choice = tuning.tune(
+                evaluation, evaluator, build, channels_last=job.channels_last, compile=job.compile,
+                points_per_pass=job.points_per_pass, points_left=left, groups=comm.size // group.size, comm=comm)
+            notes.append(choice.note)
+            run_options["evaluation"] = choice.record()
     except BaseException:
         evaluator.restore()
         snapshot.restore()
@@ -222,12 +244,15 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         identity["batch_size"] = job.batch_size
 
     def prepare():
+        stored = stored_data_fingerprints(path, job.force)  # an older file's token-data fingerprints still resume
         identity.update(model_fingerprint=fingerprint(model.state_dict()), directions_fingerprint=fingerprint(directions),
-                        data_fingerprint={k: s.fingerprint() for k, s in whole.items()})
+                        data_fingerprint={k: accepted_fingerprint(s, stored.get(k)) for k, s in whole.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(job.seed), **(attrs or {})}
-        return surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
+        done = surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
                                     attrs=meta, extra=extra, force=job.force)
+        surface_file.record_run_options(path, run_options)
+        return done
 
     # a temporary file lies on rank 0's node only: then rank 0 alone writes it (gather)
     parallel = False if tmpdir is not None else {"auto": None, "parallel": True, "gather": False}[job.write]
@@ -249,6 +274,16 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                          tuple(notes), evaluation)
 
 
+def stored_data_fingerprints(path: Path, force: bool = False) -> dict:
+    """The data fingerprints of the job in an existing surface file ({} when there is none)."""
+    if force or not path.exists():
+        return {}
+    try:
+        return surface_file.read_job(path).provenance.job.get("data_fingerprint") or {}
+    except Exception:  # not a surface file: surface_file.prepare says what is wrong
+        return {}
+
+
 def shares(model: nn.Module, splits: dict[str, Split], group) -> dict[str, Split]:
     """This rank's share of every split in its group of --ranks_per_point ranks (core.data.Split.shard)."""
     if batch_statistics(model):
@@ -262,7 +297,7 @@ def check_language_data(model: nn.Module, splits: dict[str, Split], snapshot: Sn
     """Every split's token ids and labels below the model's vocabulary, its sequences no longer
     than the model's context (see core.data.check_tokens)."""
     try:
-        vocab, context = vocab_and_context(model, next(iter(splits.values())).inputs[:1].to(device_of(model)))
+        vocab, context = vocab_and_context(model, next(iter(splits.values())).head(1).inputs.to(device_of(model)))
     finally:
         if snapshot is not None:
             snapshot.restore()
@@ -278,6 +313,7 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
     a mistake found on any rank stops every rank."""
     set_threads(job.threads, comm)
     device = engine.on_all(comm, lambda: pick_device(job.device, comm))  # collective; a mistake stops every rank
+    node = ranks_per_device(comm, torch.device("cpu"))  # collective: the ranks that share this node's memory
 
     def load():
         model = build_model(job.model, seed=job.seed, task=None if job.task == "auto" else job.task, dtype=job.dtype)
@@ -285,8 +321,9 @@ def load_inputs(job: options.Job, comm) -> tuple[nn.Module, dict[str, Split], to
             load_checkpoint(model, job.model_file)
         cast_weights(model, job.dtype)
         splits = load_dataset(job.dataset, data_dir=job.data_dir, splits=job.splits, subset=(job.subset, job.subset_mode),
-                              seq_len=job.seq_len, model=job.model, tokenizer=job.tokenizer)
-        sample = splits[job.splits[0]]
+                              seq_len=job.seq_len, model=job.model, tokenizer=job.tokenizer,
+                              in_memory=job.data_in_memory, ranks=node)
+        sample = splits[job.splits[0]].head(4)
         task = resolve_task(model, job.task)
         if task == "causal_lm":
             check_language_data(model, splits)
@@ -332,8 +369,20 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
     model, splits, device = load_inputs(job, comm)
     job = dataclasses.replace(job, task=resolve_task(model, job.task))  # the stored config states the task
 
+    def stored_eigen_directions():  # a resume reuses the file's Hessian directions, never recomputes them
+        if not job.xdir or job.force or not Path(job.surf_file).is_file():
+            return None
+        try:
+            found = surface_file.read_job(job.surf_file)
+        except UserError:
+            return None
+        return {"source": found.provenance.job.get("directions"), "directions": found.directions}
+
+    earlier = engine.on_root(comm, stored_eigen_directions)
+
     def directions_of_job() -> ModelDirections:
-        found = job_directions(job, model)
+        train = splits.get("train", next(iter(splits.values())))
+        found = job_eigen_directions(job, model, train, earlier) or job_directions(job, model)
         if found is None:
             stored = surface_file.read_directions(job.dir_file) if job.dir_file else None
             found = ModelDirections(stored, job.x, job.y, {}, None)
@@ -351,24 +400,13 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
     return result
 
 
-def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1e-3, max_iter: int = 100,
-                batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
-                progress: bool = False, chunk: int = 0, ranks_per_point: int = 1, comm=None) -> HessianResult:
-    """Compute (or resume) the Hessian map of a surface file on every rank of `comm`.
-
-    Model, θ*, data and directions are rebuilt from the file (its `config` attr and /directions);
-    the map covers every `stride`-th point of each axis and is stored in the file's `hessian`
-    group with its settings as attrs (see README.md, "Hessian maps")."""
-    comm = comm or engine.world()
-    path = Path(surf_file)
+def map_inputs(path: Path, *, stride: int, subset: int, threads: int, device: str, comm, check=None) -> HessianInputs:
+    """Model, θ*, data and directions of a surface file, rebuilt on every rank and checked against the file's
+    fingerprints (`check()`: the caller's own option checks, run first; a mistake is one line on rank 0)."""
 
     def setup():  # the same on every rank
-        if not tol > 0 or not math.isfinite(tol):
-            raise UserError(f"--tol {tol} must be a positive number, e.g. 1e-3")
-        if max_iter < 1:
-            raise UserError(f"--max_iter {max_iter} must be at least 1")
-        if batch_size < 1:
-            raise UserError(f"--batch_size {batch_size} must be at least 1")
+        if check is not None:
+            check()
         stored = engine.on_root(comm, lambda: surface_file.read_job(path))
         grid = sub_grid(stored.x, stored.y, int(stride))
         job = options.build_job(stored.provenance.config, f"the config stored in {str(path)!r}")
@@ -380,7 +418,6 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
         engine.on_all(comm, checkpoint_here)
         job = dataclasses.replace(job, splits=["train"], threads=int(threads), device=device)
         model, splits, dev = load_inputs(job, comm)
-        job = dataclasses.replace(job, task=resolve_task(model, job.task))
         data = subset_of(splits["train"], int(subset), "random", "train")
         directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in stored.directions[: grid.ndim]]
         if len(directions) < grid.ndim:
@@ -400,7 +437,7 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
             raise UserError(f"θ* from {job.model_file or 'seed ' + str(job.seed)!r} is not the model of the surface in "
                             f"{str(path)!r} (fingerprint {have} != {want}): restore the checkpoint the surface was computed with")
         want = h.stored.provenance.job.get("data_fingerprint", {}).get("train")
-        if want and want != h.train.fingerprint():
+        if want and want != accepted_fingerprint(h.train, want):
             raise UserError(f"the train split of dataset {job.dataset!r} differs from the one in {str(path)!r}: "
                             "use the same data as the surface job")
         want = h.stored.provenance.job.get("task_code")
@@ -409,49 +446,295 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
                             "restore the metric function it was computed with")
 
     engine.on_root(comm, check_same_inputs)
-    select = Selection.of(job.params, job.exclude)
-    params = hessian_parameters(model, select)
+    return h
+
+
+def map_settings(h: HessianInputs, *, stride: int, subset: int, batch_size: int, select: Selection) -> dict:
+    """The settings every curvature map and spectrum records (and a resume compares)."""
+    job = h.job
     settings = {
         "stride": int(stride), "subset": int(subset), "subset_size": len(h.data), "subset_seed": SUBSET_SEED,
         "subset_draw": "numpy RandomState(subset_seed), sorted", "split": "train", "loss_name": job.loss_name,
-        "tol": float(tol), "max_iter": int(max_iter), "batch_size": int(batch_size), "start_seed": START_SEED,
-        "precision": job.precision, "bn_recompute": job.bn_recompute, "task": job.task,
-        "atol": ATOL, "params": "all trainable parameters" if select.everything else json.dumps(select.record()),
+        "batch_size": int(batch_size), "precision": job.precision, "bn_recompute": job.bn_recompute, "task": job.task,
+        "params": "all trainable parameters" if select.everything else json.dumps(select.record()),
         "hvp": "double backward, float64 sum over batches",
-        "solver": "lanczos, full reorthogonalization",
     }
     if is_import_path(job.task):  # the user's metric code: a resume with other code is refused
         settings["task_code"] = task_code(job.task)
+    return settings
+
+
+def map_evaluation(h: HessianInputs, select: Selection) -> Evaluation:
+    job = h.job
+    return Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
+                      precision=job.precision, bn_calibration=calibration_split(job, h.train),
+                      select=select)  # the surface's
+
+
+def run_map(path: Path, h: HessianInputs, evaluator, *, group_name: str, settings: dict, group, force: bool,
+            chunk: int, progress: bool, comm, attrs: dict | None = None) -> engine.RunSummary:
+    """Map `evaluator` over h.grid into the file's `group_name` group (resumed from its mask)."""
+    mask = f"{group_name}/{surface_file.MASK}"
+
+    def prepare():
+        return surface_file.prepare_group(path, group_name, h.grid, evaluator.metrics, settings, mask=mask, force=force,
+                                          attrs={"versions": f"landscape {__version__}, torch {torch.__version__}",
+                                                 **(attrs or {})})
+
+    def run(done):
+        return engine.run(evaluator, h.grid, path, done, comm=comm, mask=mask, chunk=chunk, group=group,
+                          progress=progress, label=group_name.replace("_", " "))
+
+    try:
+        return engine.locked_run(comm, path, prepare, run)
+    finally:
+        evaluator.restore()
+
+
+def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1e-3, max_iter: int = 100,
+                batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
+                progress: bool = False, chunk: int = 0, ranks_per_point: int = 1, comm=None) -> HessianResult:
+    """Compute (or resume) the Hessian map of a surface file on every rank of `comm`.
+
+    Model, θ*, data and directions are rebuilt from the file (its `config` attr and /directions);
+    the map covers every `stride`-th point of each axis and is stored in the file's `hessian`
+    group with its settings as attrs (see README.md, "Hessian maps")."""
+    comm = comm or engine.world()
+    path = Path(surf_file)
+
+    def check():
+        if not tol > 0 or not math.isfinite(tol):
+            raise UserError(f"--tol {tol} must be a positive number, e.g. 1e-3")
+        if max_iter < 1:
+            raise UserError(f"--max_iter {max_iter} must be at least 1")
+        if batch_size < 1:
+            raise UserError(f"--batch_size {batch_size} must be at least 1")
+
+    h = map_inputs(path, stride=stride, subset=subset, threads=threads, device=device, comm=comm, check=check)
+    job, model = h.job, h.model
+    select = Selection.of(job.params, job.exclude)
+    params = hessian_parameters(model, select)
+    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=select),
+                "tol": float(tol), "max_iter": int(max_iter), "start_seed": START_SEED, "atol": ATOL,
+                "solver": "lanczos, full reorthogonalization"}
     sharing = ranks_per_device(comm, h.device)  # collective
     n = sum(p.numel() for p in params)
     memory = engine.on_all(comm, lambda: plan_memory(n, max_iter, memory_budget(h.device, sharing)))  # before any work
-    evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
-                            precision=job.precision, bn_calibration=calibration_split(job, h.train),
-                            select=select)  # the surface's
     group = engine.rank_groups(comm, ranks_per_point)  # collective
     data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, group)["train"]) if group.size > 1 else h.data
-    evaluator = HessianEvaluator(model, data, h.directions, evaluation=evaluation, batch_size=batch_size,
+    evaluator = HessianEvaluator(model, data, h.directions, evaluation=map_evaluation(h, select), batch_size=batch_size,
                                  device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=group)
-
-    def prepare():
-        return surface_file.prepare_group(path, surface_file.HESSIAN, h.grid, evaluator.metrics, settings,
-                                          mask=surface_file.HESSIAN_MASK, force=force,
-                                          attrs={"versions": f"landscape {__version__}, torch {torch.__version__}",
-                                                 "ratio": surface_file.HESSIAN_RATIO})
-
-    def run(done):
-        return engine.run(evaluator, h.grid, path, done, comm=comm, mask=surface_file.HESSIAN_MASK, chunk=chunk, group=group,
-                          progress=progress, label="hessian")
-
-    try:
-        summary = engine.locked_run(comm, path, prepare, run)
-    finally:
-        evaluator.restore()
+    summary = run_map(path, h, evaluator, group_name=surface_file.HESSIAN, settings=settings, group=group, force=force,
+                      chunk=chunk, progress=progress, comm=comm, attrs={"ratio": surface_file.HESSIAN_RATIO})
     nan = slow = 0
     if summary.complete:
         stored_map = engine.on_root(comm, lambda: surface_file.read_hessian(path))
         nan, slow = int(np.isnan(stored_map.values["lambda_max"]).sum()), unconverged(stored_map.values, tol)
     return HessianResult(str(path), summary, nan, slow)
+
+
+def curvature_map(surf_file, *, kind: str = "trace", stride: int = 1, subset: int = 512, k: int = 3,
+                  samples: int = 30, estimator: str = "hutchpp", curvature: str = "hessian", tol: float = 1e-3,
+                  max_iter: int = 100, batch_size: int = 512, force: bool = False, threads: int = 0,
+                  device: str = "auto", progress: bool = False, chunk: int = 0, ranks_per_point: int = 1,
+                  comm=None) -> HessianResult:
+    """Compute (or resume) the trace map (`kind='trace'`: Hutch++ or Hutchinson with `samples`
+    products per point, a 95% interval; group `hessian_trace`) or the top-k map (`kind='topk'`:
+    the k largest eigenvalues and residuals, Lanczos to `tol`; group `hessian_topk`) of a surface
+    file, as `hessian_map` does (same inputs, engine, resume, MPI; see analysis.spectrum).
+    `curvature='ggn'`: the generalized Gauss–Newton (= Fisher of softmax cross-entropy) instead of H.
+    `unconverged` of the result: top-k eigenvalues above the stopping rule."""
+    from .analysis.spectrum import CURVATURES, ESTIMATORS, TopKEvaluator, TraceEvaluator, check_ggn
+
+    comm = comm or engine.world()
+    path = Path(surf_file)
+
+    def check():
+        if kind not in ("trace", "topk"):
+            raise UserError(f"unknown map {kind!r}: choose extremes, trace or topk")
+        if curvature not in CURVATURES:
+            raise UserError(f"unknown --curvature {curvature!r}: choose one of {', '.join(CURVATURES)}")
+        if estimator not in ESTIMATORS:
+            raise UserError(f"unknown --estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}")
+        if kind == "trace" and samples < (6 if estimator == "hutchpp" else 2):
+            raise UserError(f"--samples {samples} is too few for {estimator}: use at least "
+                            f"{6 if estimator == 'hutchpp' else 2} (30 is a good start)")
+        if kind == "topk" and not (1 <= k <= max_iter):
+            raise UserError(f"--k {k} must be between 1 and --max_iter {max_iter}")
+        if not tol > 0 or not math.isfinite(tol):
+            raise UserError(f"--tol {tol} must be a positive number, e.g. 1e-3")
+        if batch_size < 1:
+            raise UserError(f"--batch_size {batch_size} must be at least 1")
+
+    h = map_inputs(path, stride=stride, subset=subset, threads=threads, device=device, comm=comm, check=check)
+    job, model = h.job, h.model
+    if curvature == "ggn":
+        check_ggn(resolve_task(model, job.task), job.loss_name)
+    select = Selection.of(job.params, job.exclude)
+    n = sum(p.numel() for p in hessian_parameters(model, select))
+    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=select),
+                "curvature": curvature}
+    if kind == "trace":
+        settings.update(samples=int(samples), estimator=estimator, trace_seed=1,
+                        interval="estimate ± t(0.975, s-1)·sd/sqrt(s) over the s Hutchinson samples")
+        vectors = 2 * max(1, samples // 3)  # Hutch++'s sketch and its products
+    else:
+        settings.update(k=int(k), tol=float(tol), max_iter=int(max_iter), start_seed=START_SEED, atol=ATOL,
+                        solver="lanczos, full reorthogonalization")
+        vectors = 2 * max_iter
+    sharing = ranks_per_device(comm, h.device)  # collective
+    memory = engine.on_all(comm, lambda: plan_memory(n, vectors // 2, memory_budget(h.device, sharing)))
+    group = engine.rank_groups(comm, ranks_per_point)  # collective
+    data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, group)["train"]) if group.size > 1 else h.data
+    common = dict(evaluation=map_evaluation(h, select), batch_size=batch_size, device=h.device, tol=tol,
+                  max_iter=max_iter, memory=memory, group=group, curvature=curvature)
+    if kind == "trace":
+        evaluator = TraceEvaluator(model, data, h.directions, samples=samples, method=estimator,
+                                   prefix=surface_file.TRACE_MAP, **common)
+    else:
+        evaluator = TopKEvaluator(model, data, h.directions, k=k, prefix=surface_file.TOPK_MAP, **common)
+    name = surface_file.TRACE_MAP if kind == "trace" else surface_file.TOPK_MAP
+    summary = run_map(path, h, evaluator, group_name=name, settings=settings, group=group, force=force, chunk=chunk,
+                      progress=progress, comm=comm)
+    nan = slow = 0
+    if summary.complete:
+        values = engine.on_root(comm, lambda: surface_file.read_map(path, name).values)
+        first = values["trace" if kind == "trace" else "lambda_1"]
+        nan = int(np.isnan(first).sum())
+        if kind == "topk":
+            lam = np.stack([values[f"lambda_{i}"] for i in range(1, k + 1)])
+            res = np.stack([values[f"residual_{i}"] for i in range(1, k + 1)])
+            slow = int((res > tol * np.abs(lam) + ATOL * np.nanmax(np.abs(lam), axis=0)).sum())
+    return HessianResult(str(path), summary, nan, slow)
+
+
+@dataclass(frozen=True)
+class SpectrumResult:
+    """A spectrum's run: where it is stored (`spectrum/<label>`), and the Spectrum itself."""
+
+    path: str
+    group: str
+    point: tuple[float, ...]
+    spectrum: object  # analysis.spectrum.Spectrum
+    ranks: int
+
+
+def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: int = 5, tol: float = 1e-3,
+                 max_iter: int = 100, samples: int = 30, estimator: str = "hutchpp", slq_runs: int = 4,
+                 slq_steps: int = 60, sigma: float = 0.01, blocks: str | None = None, curvature: str = "hessian",
+                 batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
+                 comm=None) -> SpectrumResult:
+    """Top-k eigenpairs, trace and SLQ density (and a per-block table with `blocks`: comma-separated
+    globs, or `auto`: one block per module) of the curvature at one point of a surface file
+    (`point` 'α' or 'α,β' on the surface's axes; default θ*), written to spectrum/<label>.
+
+    Every rank of `comm` holds a share of the data (Split.shard) and the products are summed over
+    all of them: one spectrum uses every rank. See analysis.spectrum for the estimators."""
+    from .analysis.spectrum import (
+        CURVATURES,
+        ESTIMATORS,
+        SLQ_SEED,
+        TRACE_SEED,
+        CurvatureEvaluator,
+        check_ggn,
+        default_blocks,
+        restricted,
+        spectrum,
+    )
+    from .core.selection import globs
+
+    comm = comm or engine.world()
+    path = Path(surf_file)
+    coords = [0.0] if point is None else None
+
+    def check():
+        nonlocal coords
+        if curvature not in CURVATURES:
+            raise UserError(f"unknown --curvature {curvature!r}: choose one of {', '.join(CURVATURES)}")
+        if estimator not in ESTIMATORS:
+            raise UserError(f"unknown --estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}")
+        if point is not None:
+            try:
+                coords = [float(c) for c in str(point).split(",")]
+            except ValueError:
+                raise UserError(f"--point {point!r} is not α or α,β (numbers on the surface's axes), e.g. --point 0.5,0") from None
+        for name, value, least in (("--k", k, 1), ("--max_iter", max_iter, 1), ("--samples", samples, 2),
+                                   ("--slq_runs", slq_runs, 1), ("--slq_steps", slq_steps, 1),
+                                   ("--batch_size", batch_size, 1)):
+            if value < least:
+                raise UserError(f"{name} {value} must be at least {least}")
+        if not tol > 0 or not sigma > 0:
+            raise UserError(f"--tol {tol} and --sigma {sigma} must be positive, e.g. 1e-3 and 0.01")
+
+    h = map_inputs(path, stride=1, subset=subset, threads=threads, device=device, comm=comm, check=check)
+    job, model = h.job, h.model
+    if curvature == "ggn":
+        check_ggn(resolve_task(model, job.task), job.loss_name)
+    ndim = h.grid.ndim
+    if coords == [0.0]:
+        coords = [0.0] * ndim
+    if len(coords) != ndim:
+        raise SharedUserError(f"--point {point!r} has {len(coords)} coordinate(s) but the surface is {ndim}D: give "
+                              + ("α" if ndim == 1 else "α,β"))
+    select = Selection.of(job.params, job.exclude)
+    block_list = None
+    if blocks:
+        block_list = default_blocks(model, select) if blocks == "auto" else list(globs(blocks))
+        names = [n for n, _ in model.named_parameters()]
+
+        def check_blocks():
+            for b in block_list:
+                if not any(Selection.of(b).keep([n]) for n in names):
+                    raise UserError(f"--blocks {b!r} matches no trainable parameter (names are like "
+                                    f"{', '.join(names[:3])}): give globs over tensor or module names, or auto")
+
+        engine.on_all(comm, check_blocks)
+    n = sum(p.numel() for p in hessian_parameters(model, select))
+    sharing = ranks_per_device(comm, h.device)  # collective
+    memory = engine.on_all(comm, lambda: plan_memory(n, max(max_iter, slq_steps), memory_budget(h.device, sharing)))
+    data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, comm)["train"]) if comm.size > 1 else h.data
+    evaluation = map_evaluation(h, select)
+    evaluator = CurvatureEvaluator(model, data, h.directions, evaluation=evaluation, batch_size=batch_size,
+                                   device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=comm,
+                                   curvature=curvature)
+
+    def block_op(selection):  # the same products over the same data, θ restricted to a block
+        return restricted(evaluator.hvp, selection)
+
+    try:
+        result = engine.on_all(comm, lambda: evaluator.at(np.asarray(coords, float), lambda op: spectrum(
+            op, k=k, tol=tol, max_iter=max_iter, samples=samples, method=estimator, runs=slq_runs, steps=slq_steps,
+            sigma=sigma, make_op=block_op, blocks=block_list)))
+    finally:
+        evaluator.restore()
+    if result is None:
+        raise SharedUserError(f"the loss at --point {point} is not finite: pick a point nearer θ*")
+    settings = {**map_settings(h, stride=1, subset=subset, batch_size=batch_size, select=select),
+                "point": list(coords), "curvature": curvature, "k": int(k), "tol": float(tol), "max_iter": int(max_iter),
+                "atol": ATOL, "start_seed": START_SEED, "samples": int(samples), "estimator": estimator,
+                "trace_method": result.trace.method, "trace_seed": TRACE_SEED, "slq_runs": int(slq_runs),
+                "slq_steps": int(slq_steps), "slq_seed": SLQ_SEED, "sigma": float(sigma), "sigma_abs": result.sigma,
+                "n_params": int(result.n), "loss": result.loss, "converged": bool(result.eig.converged),
+                "n_hvp": int(result.eig.n_hvp + result.trace.n_hvp + result.slq.n_hvp
+                             + (result.blocks.n_hvp if result.blocks else 0)),
+                "n_hvp_eigenpairs": int(result.eig.n_hvp), "n_hvp_trace": int(result.trace.n_hvp),
+                "n_hvp_slq": int(result.slq.n_hvp), "seconds": result.seconds, "ranks": comm.size,
+                "versions": f"landscape {__version__}, torch {torch.__version__}",
+                "interval": "estimate ± t(0.975, s-1)·sd/sqrt(s) over the s Hutchinson samples (95%)",
+                "density": "(1/R) Σ_runs Σ_j τ_j N(t; θ_j, sigma_abs²), sigma_abs = sigma·(max θ − min θ)"}
+    arrays = {"eigenvalues": result.eig.values, "residuals": result.eig.residuals, "trace": result.trace.estimate,
+              "trace_ci": np.array([result.trace.ci_low, result.trace.ci_high]),
+              "slq/nodes": result.slq.nodes, "slq/weights": result.slq.weights,
+              "density/grid": result.grid, "density/values": result.density,
+              "moments": np.array([result.slq.moment(i) for i in range(4)])}
+    if result.blocks is not None:
+        b = result.blocks
+        arrays.update({"blocks/names": np.array(b.names, dtype=object), "blocks/numel": b.numel,
+                       "blocks/lambda_max": b.lambda_max, "blocks/residual": b.residual, "blocks/trace": b.trace,
+                       "blocks/trace_ci": b.trace_ci})
+    label = surface_file.spectrum_label(coords)
+    name = engine.on_root(comm, lambda: surface_file.write_spectrum(path, label, arrays, settings, force=force))
+    return SpectrumResult(str(path), name, tuple(coords), result, comm.size)
 
 
 # ---------------------------------------------------------------- the reference tool's files

@@ -31,7 +31,11 @@ DeviceKind = Literal["auto", "cpu", "cuda"]
 WriteMode = Literal["auto", "parallel", "gather"]
 SubsetMode = Literal["first", "random"]
 TokenizerName = Literal["auto", "bytes"]
+DataInMemory = Literal["auto", "yes", "no"]
 SplitName = Literal["train", "test"]
+MapKind = Literal["extremes", "trace", "topk"]
+TraceEstimator = Literal["hutchpp", "hutchinson"]
+CurvatureKind = Literal["hessian", "ggn"]
 TaskName = Literal["auto", "classification", "regression", "causal_lm"]  # or the user's package.module:function
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
@@ -95,6 +99,11 @@ class Job:
     xignore: Ignore = option("biasbn", "`biasbn`: zero direction on 1-D tensors (biases, BN); `none`: their "
                              "direction is the tensor itself", "directions")
     yignore: Optional[Ignore] = option(None, "as `--xignore` for y (default: `--xignore`)", "directions")
+    xdir: Optional[str] = option(None, "`hessian:K`: x is the unit eigenvector of the K-th largest Hessian eigenvalue "
+                                 "at θ* (`hessian:-1`: the most negative one), scaled by `--xnorm` (`none`: unit "
+                                 "norm); its eigenvalue is stored (see \"Curvature: spectrum, trace, top-k\")",
+                                 "directions")
+    ydir: Optional[str] = option(None, "`hessian:K` for the y direction (with `--xdir`), e.g. `hessian:2`", "directions")
     dir_file: Optional[str] = option(None, "take the directions from this surface file (or a directions file of "
                                      "`landscape import-directions`)", "directions")
     model_file2: Optional[str] = option(None, "x direction θ₂ − θ₁ (not normalized): the line to a second model; "
@@ -122,22 +131,28 @@ class Job:
                             "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)
     batch_size: int = option(512, "evaluation batch size", "evaluation", minimum=1)
-    points_per_pass: int = option(1, "grid points per forward pass: K parameter sets stacked and evaluated with "
-                                  "`vmap(functional_call)` (K×θ memory); 0: measure 1, 4, 16 at start-up on every "
-                                  "rank at once and take the fastest (the least over ranks; 1 when vmap cannot run "
-                                  "the model or BN is re-estimated). For small models on GPUs", "evaluation")
+    points_per_pass: int = option(0, "grid points per forward pass: K parameter sets stacked and evaluated with "
+                                  "`vmap(functional_call)` (K×θ memory); 0: measured at start-up among 1, 4, 16 "
+                                  "(1 when vmap cannot run the model or BN is re-estimated; see \"Fast by "
+                                  "default\"). Pays for small models on GPUs", "evaluation")
     bn_recompute: int = option(0, "re-estimate batch-norm statistics at every point from the first N train "
                                "examples (0: off; see \"Batch norm\")", "evaluation")
     subset: int = option(0, "evaluate on N examples of each split (0: all), for quick previews; recorded in the "
                          "file's config and data fingerprint", "evaluation")
     subset_mode: SubsetMode = option("first", "`first` N examples, or a fixed `random` N (numpy seed 0, kept in "
                                      "order)", "evaluation")
+    data_in_memory: DataInMemory = option("auto", "`auto`: hold each split in memory when it fits half of this "
+                                          "rank's share of the node's available memory, else stream it from disk "
+                                          "batch by batch at every point (the choice is printed); `yes`: hold it "
+                                          "(refused when it cannot fit); `no`: stream it. A run option: a file "
+                                          "resumes either way; see \"Data at scale\"", "evaluation")
     precision: Precision = option("fp32", "`bf16` / `fp16`: autocast of the forward pass (GPUs); losses and sums "
                                   "stay float32/float64", "evaluation")
-    compile: bool = option(False, "`torch.compile` the model (compiles once per rank at start-up; 1.4–2× faster "
-                           "on CPUs in `bench/`)", "evaluation")
-    channels_last: bool = option(False, "channels-last memory format for conv nets (1.27–1.7× faster on CPUs in "
-                                 "`bench/`)", "evaluation")
+    compile: Optional[bool] = option(None, "`torch.compile` the model (compiles once per rank at start-up; 1.4–2× "
+                                     "faster on CPUs in `bench/`); default: tried when the run is long enough to "
+                                     "repay it, kept when measured faster (see \"Fast by default\")", "evaluation")
+    channels_last: Optional[bool] = option(None, "channels-last memory format for conv nets (1.27–1.7× faster on "
+                                           "CPUs in `bench/`); default: measured at start-up", "evaluation")
     surf_file: str = option("out/surface.h5", "the surface file to write or resume; its folder must exist", "run")
     plot: bool = option(True, "draw the figures next to the file once the grid is complete", "run")
     device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda` (one GPU per rank: local rank % GPUs)", "run")
@@ -177,6 +192,39 @@ class HessianJob:
     device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
     plot: bool = option(True, "draw the Hessian figures once the map is complete", "hessian")
     progress: bool = option(True, "rank 0 prints points done, points/s and ETA", "hessian")
+    map: MapKind = option("extremes", "`extremes`: λmax, λmin (group `hessian`); `trace`: tr H with a 95% "
+                          "interval (Hutch++, group `hessian_trace`); `topk`: the --k largest eigenvalues (group "
+                          "`hessian_topk`)", "hessian")
+    k: int = option(3, "`--map topk`: eigenvalues per point", "hessian")
+    samples: int = option(30, "`--map trace`: Hessian-vector products per point", "hessian")
+    estimator: TraceEstimator = option("hutchpp", "`--map trace`: `hutchpp` (Hutch++) or `hutchinson`", "hessian")
+    curvature: CurvatureKind = option("hessian", "`--map trace|topk`: `hessian`, or `ggn` (generalized "
+                                      "Gauss–Newton = Fisher of softmax cross-entropy; PSD)", "hessian")
+
+
+@dataclass
+class SpectrumJob:
+    """`landscape spectrum SURFACE.h5`: top-k eigenpairs, trace and spectral density at one point."""
+
+    point: Optional[str] = option(None, "`α` or `α,β` on the surface's axes (default: θ*, the origin)", "hessian")
+    subset: int = option(512, "train examples (the same fixed random draw as `landscape hessian`); 0: all", "hessian")
+    k: int = option(5, "top eigenpairs (Lanczos, full reorthogonalization)", "hessian")
+    tol: float = option(1e-3, "each eigenpair: residual ≤ tol·|λ| + 1e-5·max|λ|", "hessian")
+    max_iter: int = option(100, "at most this many products for the top-k", "hessian")
+    samples: int = option(30, "products of the trace estimate (exact trace for blocks of at most this size)", "hessian")
+    estimator: TraceEstimator = option("hutchpp", "`hutchpp` (Hutch++) or `hutchinson`", "hessian")
+    slq_runs: int = option(4, "stochastic Lanczos quadrature: random starts", "hessian")
+    slq_steps: int = option(60, "stochastic Lanczos quadrature: Lanczos steps per start", "hessian")
+    sigma: float = option(0.01, "width of the density's Gaussians, as a fraction of the eigenvalue range", "hessian")
+    blocks: Optional[str] = option(None, "per-block table: comma-separated globs over tensor names, or `auto` "
+                                   "(one block per module)", "hessian")
+    curvature: CurvatureKind = option("hessian", "`hessian`, or `ggn` (generalized Gauss–Newton = Fisher of "
+                                      "softmax cross-entropy)", "hessian")
+    batch_size: int = option(512, "examples per product batch", "hessian")
+    force: bool = option(False, "recompute a spectrum already stored at this point", "hessian")
+    threads: int = option(0, "torch threads per rank (0: cores per node / ranks)", "hessian")
+    device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
+    plot: bool = option(True, "draw the density figure", "hessian")
 
 
 @dataclass
@@ -239,7 +287,8 @@ def choices(name: str, cls=Job) -> tuple[str, ...]:
 
 
 def is_bool(name: str) -> bool:
-    return TYPES[name] is bool
+    """A flag (`--name` / `--no-name`); Optional[bool] ones default to automatic (None)."""
+    return TYPES[name] in (bool, Optional[bool])
 
 
 def plain_help(f) -> str:
@@ -293,7 +342,7 @@ def reference_table() -> str:
             rows.append(f"| **{group}** | | |")
         default = f.default_factory() if callable(f.default_factory) else f.default
         if is_bool(name):
-            flag, shown = f"`--{name}` / `--no-{name}`", "on" if default else "off"
+            flag, shown = f"`--{name}` / `--no-{name}`", "auto" if default is None else "on" if default else "off"
         else:
             flag = f"`--{name}`"
             shown = "–" if default is None else f"`{','.join(default) if isinstance(default, list) else default}`"
@@ -322,10 +371,12 @@ def convert(name: str, value, default):
             if s not in SPLITS:
                 raise UserError(f"unknown split {s!r}: choose train and/or test, e.g. --splits train,test")
         return items
-    if isinstance(default, bool):
+    if is_bool(name):
         if isinstance(value, bool):
             return value
-        raise UserError(f"{name} must be true or false, got {value!r}")
+        if value == "auto" and default is None:
+            return None
+        raise UserError(f"{name} must be true or false{' or auto' if default is None else ''}, got {value!r}")
     if isinstance(default, int):
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise UserError(f"{name} must be a whole number, got {value!r}")
@@ -337,6 +388,8 @@ def convert(name: str, value, default):
         if number < minimum:
             raise UserError(f"{name} must be {'positive' if minimum == 1 else '>= 0'}, got {number}")
         return number
+    if name == "data_in_memory" and isinstance(value, bool):  # YAML 1.1 reads yes / no as booleans
+        value = "yes" if value else "no"
     value = str(value)
     allowed = choices(name)
     if allowed and value not in allowed and not (name in ("loss_name", "task") and ":" in value):
@@ -400,9 +453,12 @@ def refuse_ignored(job: Job, given: set[str]) -> None:
                         f"{job.dataset!r}: leave out --tokenizer")
     not_random = {"dir_file": "the directions come from that file",
                   "model_file2": f"x is θ₂ − θ₁{' and y is θ₃ − θ₁' if job.model_file3 else ''}, not drawn at random",
-                  "trajectory": "the directions are the checkpoints' PCA directions"}
+                  "trajectory": "the directions are the checkpoints' PCA directions",
+                  "xdir": "the directions are Hessian eigenvectors"}
     source = next((k for k in not_random if getattr(job, k)), None)
     used = set(RANDOM_OPTIONS) if source is None else set()
+    if source == "xdir":
+        used = {"xnorm", "ynorm", "xignore", "yignore"}  # how the eigenvectors are scaled
     if source == "trajectory":
         used = {"xignore"}  # PCA leaves out 1-D tensors with biasbn
     if source == "model_file2" and job.y and not job.model_file3:  # y is drawn at random (x first, from seed)

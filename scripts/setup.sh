@@ -9,7 +9,8 @@ log() { echo "[setup] $*"; }
 
 # --- system packages -------------------------------------------------------
 need_apt=()
-for pkg in openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config hdf5-tools; do
+# chromium, chromium-driver: the report's browser tests (headless, offline)
+for pkg in openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config hdf5-tools chromium chromium-driver; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -56,6 +57,10 @@ fi
 "$VPY" -c "import transformers" 2>/dev/null || pip_install transformers
 # datasets (optional: --dataset hfdata:FOLDER, its tests): pyarrow, dill, xxhash, multiprocess; no torch, no h5py
 "$VPY" -c "import datasets" 2>/dev/null || pip_install datasets
+# plotly (`landscape report`: its plotly.min.js is embedded in the page) and playwright (the report's
+# browser tests drive Debian's /usr/bin/chromium; no `playwright install`); neither takes torch nor h5py
+"$VPY" -c "import plotly" 2>/dev/null || pip_install plotly
+"$VPY" -c "import playwright" 2>/dev/null || pip_install playwright
 
 pip_install --no-deps --no-build-isolation -e . >/dev/null
 log "ready: $("$VPY" -c 'import torch, h5py, mpi4py; print(f"torch {torch.__version__}, h5py {h5py.__version__} (mpi={h5py.get_config().mpi}), mpi4py {mpi4py.__version__}")')"

@@ -1,4 +1,4 @@
-"""Command line: `landscape surface|plot|vtk|info|train|corpus|import-directions|export-reference|hessian ...`
+"""Command line: `landscape surface|plot|vtk|info|report|train|corpus|import-directions|export-reference|hessian ...`
 (plot_surface.py is `landscape surface`). The only module that prints; nothing imports it.
 
 The job flags come from landscape.options (surface, hessian and train jobs); each command
@@ -36,7 +36,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> Parser:
-    from ..options import HessianJob, PlotJob, TrainJob, add_arguments, add_job_arguments
+    from ..options import HessianJob, PlotJob, SpectrumJob, TrainJob, add_arguments, add_job_arguments
 
     p = Parser(prog="landscape", description="Loss landscapes of neural networks (Li et al. 2018).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -54,6 +54,11 @@ def parser() -> Parser:
     vt.add_argument("--zscale", type=float, default=1.0, help="z = zscale * loss (or * log10 loss)")
     inf = sub.add_parser("info", help="a short summary of a surface file: grid, completion, minima, sharpness, provenance")
     inf.add_argument("surf_file")
+    rep = sub.add_parser("report", help="one self-contained interactive HTML page (Plotly, offline) of one or more "
+                         "surface files, side by side on shared scales")
+    rep.add_argument("surf_files", nargs="+", metavar="surf_file", help="one or more surface files")
+    rep.add_argument("--out", default=None, help="the .html file (default: <stem>_report.html next to the first file)")
+    rep.add_argument("--titles", default=None, help="comma-separated titles, one per file (default: the file names)")
     t = sub.add_parser("train", help="train a demo model and save a checkpoint per epoch")
     add_arguments(t, TrainJob)
     co = sub.add_parser("corpus", help="write the standard library's own source files as byte-level token files")
@@ -79,6 +84,10 @@ def parser() -> Parser:
     he = sub.add_parser("hessian", help="Hessian λmax, λmin, |λmin/λmax| maps over a surface's grid; MPI-aware")
     he.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
     add_arguments(he, HessianJob)
+    sp = sub.add_parser("spectrum", help="top-k eigenpairs, trace and spectral density (SLQ) of the Hessian at one "
+                        "point of a surface; every rank shares the data")
+    sp.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
+    add_arguments(sp, SpectrumJob)
     return p
 
 
@@ -131,6 +140,13 @@ def run(argv: list[str]) -> int:
 
         print(info(args.surf_file))
         return 0
+    if args.command == "report":
+        from ..viz.report import default_out, report
+
+        titles = None if args.titles is None else [t.strip() for t in args.titles.split(",")]
+        out = report(args.surf_files, args.out or default_out(args.surf_files[0]), titles=titles)
+        print(f"[landscape] report: {out}")
+        return 0
     if args.command == "train":
         from ..core.train import train
         from ..options import TrainJob, from_namespace
@@ -168,6 +184,10 @@ def run(argv: list[str]) -> int:
         from ..options import HessianJob, from_namespace
 
         return hessian(args.surf_file, from_namespace(HessianJob, args))
+    if args.command == "spectrum":
+        from ..options import SpectrumJob, from_namespace
+
+        return spectrum(args.surf_file, from_namespace(SpectrumJob, args))
     return 2
 
 
@@ -187,6 +207,7 @@ def surface(job) -> int:
 
             figures = plot_file(job.surf_file)
             print(f"[landscape] figures: {os.path.dirname(job.surf_file) or '.'}/ ({len(figures)} files)")
+            print_report(job.surf_file)
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
@@ -194,6 +215,8 @@ def hessian(surf_file: str, opts) -> int:
     """`landscape hessian`: compute (or resume) the map, then on rank 0 print and draw."""
     from ..api import hessian_map
 
+    if opts.map != "extremes":
+        return curvature_map(surf_file, opts)
     result = hessian_map(surf_file, stride=opts.stride, subset=opts.subset, tol=opts.tol, max_iter=opts.max_iter,
                          batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
                          progress=opts.progress, ranks_per_point=opts.ranks_per_point)
@@ -209,7 +232,68 @@ def hessian(surf_file: str, opts) -> int:
 
             figures = plot_hessian(surf_file)
             print(f"[landscape] hessian figures: {os.path.dirname(surf_file) or '.'}/ ({len(figures)} files)")
+            print_report(surf_file)
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def curvature_map(surf_file: str, opts) -> int:
+    """`landscape hessian --map trace|topk`: compute (or resume) the map, then on rank 0 print and draw."""
+    from ..api import curvature_map as run_map
+
+    result = run_map(surf_file, kind=opts.map, stride=opts.stride, subset=opts.subset, k=opts.k, samples=opts.samples,
+                     estimator=opts.estimator, curvature=opts.curvature, tol=opts.tol, max_iter=opts.max_iter,
+                     batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
+                     progress=opts.progress, ranks_per_point=opts.ranks_per_point)
+    summary = result.summary
+    if rank() == 0:
+        print(f"[landscape] {opts.map} map: {summary.text()}", file=sys.stderr)
+        if result.unconverged or result.nonfinite:
+            print(f"[landscape] {opts.map} map: {result.unconverged} eigenvalue(s) not converged within --max_iter "
+                  f"{opts.max_iter}, {result.nonfinite} point(s) with a non-finite loss (NaN)", file=sys.stderr)
+        if opts.plot and summary.complete:
+            from ..viz.spectrum_figures import plot_map
+
+            figures = plot_map(surf_file, opts.map)
+            print(f"[landscape] {opts.map} figures: {os.path.dirname(surf_file) or '.'}/ ({len(figures)} files)")
+    return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
+
+
+def spectrum(surf_file: str, opts) -> int:
+    """`landscape spectrum`: compute the spectrum at one point on every rank; rank 0 prints and draws."""
+    from ..api import spectrum_job
+
+    r = spectrum_job(surf_file, point=opts.point, subset=opts.subset, k=opts.k, tol=opts.tol, max_iter=opts.max_iter,
+                     samples=opts.samples, estimator=opts.estimator, slq_runs=opts.slq_runs, slq_steps=opts.slq_steps,
+                     sigma=opts.sigma, blocks=opts.blocks, curvature=opts.curvature, batch_size=opts.batch_size,
+                     force=opts.force, threads=opts.threads, device=opts.device)
+    if rank() == 0:
+        s = r.spectrum
+        print(f"[landscape] spectrum at {r.point} ({s.n:,} parameters, loss {s.loss:.6g}, {r.ranks} rank(s), "
+              f"{s.seconds:.1f} s) -> {r.path}:/{r.group}")
+        print("[landscape] top eigenvalues: " + ", ".join(f"{v:.6g} ± {e:.1g}" for v, e in
+                                                          zip(s.eig.values, s.eig.residuals))
+              + ("" if s.eig.converged else f" (not all converged within --max_iter {opts.max_iter})"))
+        print(f"[landscape] trace: {s.trace.estimate:.6g}, 95% interval [{s.trace.ci_low:.6g}, {s.trace.ci_high:.6g}] "
+              f"({s.trace.method}, {s.trace.n_hvp} products); density: {opts.slq_runs} × {opts.slq_steps} SLQ steps")
+        if s.blocks is not None:
+            print("[landscape] block                     params    λmax          trace [95% interval]")
+            b = s.blocks
+            for i, name in enumerate(b.names):
+                print(f"[landscape] {name:<25} {b.numel[i]:>8,}  {b.lambda_max[i]:<12.6g}  {b.trace[i]:.6g} "
+                      f"[{b.trace_ci[i][0]:.6g}, {b.trace_ci[i][1]:.6g}]")
+        if opts.plot:
+            from ..viz.spectrum_figures import plot_spectrum
+
+            figures = plot_spectrum(surf_file)
+            print(f"[landscape] spectrum figures: {', '.join(str(f) for f in figures)}")
+    return EXIT_OK
+
+
+def print_report(surf_file: str) -> None:
+    """Write <stem>_report.html next to the file (`landscape report`) and print its path."""
+    from ..viz.report import default_out, report
+
+    print(f"[landscape] report: {report([surf_file], default_out(surf_file))}")
 
 
 def rank() -> int:

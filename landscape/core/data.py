@@ -1,7 +1,21 @@
-"""Datasets: splits of (inputs, labels) tensors, held whole on the evaluation device.
+"""Datasets: splits of (inputs, labels), held in memory (`Split`) or streamed from disk batch by
+batch at every point (core.stream.StreamedSplit: the same interface, the evaluators do not know
+which).
 
 Only the examples a job uses are converted (`load_dataset(..., subset=(n, mode))`); every rank
-still reads its own copy (streaming the data is issue 17's).
+reads its own copy. Held or streamed (`--data_in_memory`, see `Holding`): `auto` holds each split
+while it fits half of the memory this rank may use (the host's available memory, its cgroup and
+RLIMIT_AS limits, shared among the node's ranks: core.device.host_available), else streams it;
+the choice is a note of the split, which the CLI prints. Streamed: digits (from the arrays), CIFAR-10
+(file by file), token files and `text:` bytes (memory-mapped batch by batch), the user's Datasets
+(through a DataLoader). Tokenized `text:` and `hfdata:` ids are made whole in memory and held.
+
+Data fingerprints (Split.fingerprint, the same held or streamed, so a file resumes either way):
+digits, CIFAR-10 and the user's data: sha256 of every input then every label (a streamed split's
+from one pass at start-up; CIFAR's pickles are read whole at every point anyway). Token data:
+sha256 of the number of blocks, seq_len and 256 evenly spaced blocks (no full read; a change in an
+unsampled block is not seen). Token-data files written before issue 17 stored the full hash: it
+is accepted after one full read confirms it (`accepted_fingerprint`).
 
 `digits`: the 8x8 handwritten digits bundled with scikit-learn (1797 images, 10
 classes, no download). Pixels are scaled to [0, 1]; the split is fixed: a
@@ -34,18 +48,16 @@ split) or a DatasetDict with `train` and `validation` (else `test`) for the test
 `input_ids` column (lists of ids), else its `text` column (each row tokenized as in `text:`, no
 separator added), concatenated in row order. `datasets` is imported only here.
 
-The data fingerprint (Split.fingerprint) is of the blocks used: other ids (another tokenizer, file
-or subset) give another one, so a resume with them is refused; the same blocks from another source
-give the same one (they evaluate to the same values).
+The data fingerprint (Split.fingerprint) is of the blocks used (sampled, see above): other ids
+(another tokenizer, file or subset) give another one, so a resume with them is refused; the same
+blocks from another source give the same one (they evaluate to the same values).
 
 `package.module:factory`: the user's own; see `from_factory`.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +67,19 @@ from ..errors import UserError
 from ..options import SPLITS
 from .device import free_memory
 from .importpath import is_import_path, resolve
+from .split import Split
+from .stream import (
+    ArrayRows,
+    CifarFiles,
+    StreamedSplit,
+    TokenBlocks,
+    gib,
+    survey,
+    workers_for,
+)
 
 DATASETS = ("digits", "cifar10")
+DATA_IN_MEMORY = ("auto", "yes", "no")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -64,74 +87,38 @@ CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~
               "and extract it into --data_dir")
 
 
-@dataclass(frozen=True)
-class Split:
-    """Inputs and integer labels of one split."""
+class Holding:
+    """Which splits are held in memory (`in_memory`: `yes`, `no`, or `auto`: while the splits held so
+    far and this one fit half of `memory`, the bytes this rank may use: by default the host's
+    available memory (core.device.free_memory) shared among the `ranks` of the node)."""
 
-    inputs: torch.Tensor
-    labels: torch.Tensor
+    def __init__(self, in_memory: str = "auto", ranks: int = 1, memory: int | None = None):
+        if in_memory not in DATA_IN_MEMORY:
+            raise UserError(f"unknown data_in_memory {in_memory!r}: choose one of {', '.join(DATA_IN_MEMORY)}")
+        self.in_memory = in_memory
+        self.memory = free_memory(torch.device("cpu")) // max(1, ranks) if memory is None else int(memory)
+        self.used = 0
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    def __call__(self, nbytes: int, what: str) -> tuple[bool, str]:
+        """(hold it, a note of why) for `what` of `nbytes` held in memory."""
+        left = self.memory - self.used
+        if self.in_memory == "no":
+            return False, "streamed from disk at every point (--data_in_memory no)"
+        if self.in_memory == "yes" and nbytes > left:
+            raise UserError(f"--data_in_memory yes: {what} takes {gib(nbytes)} in memory but this rank may use "
+                            f"{gib(left)} (the node's available memory shared among its ranks): use "
+                            "--data_in_memory auto to stream it from disk, or run fewer ranks per node")
+        if self.in_memory == "yes" or nbytes <= left // 2:
+            self.used += nbytes
+            why = "--data_in_memory yes" if self.in_memory == "yes" else f"this rank may use {gib(left)}"
+            return True, f"held in memory ({gib(nbytes)}; {why})"
+        return False, (f"streamed from disk at every point ({gib(nbytes)} would take more than half of the "
+                       f"{gib(left)} this rank may use; --data_in_memory yes holds it)")
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.element_size() * t.nelement() for t in (self.inputs, self.labels))
 
-    def to(self, device, memory_format=torch.contiguous_format) -> Split:
-        """On `device`; 4-D inputs in `memory_format` (channels_last for faster convolutions)."""
-        inputs = self.inputs.to(device)
-        if inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=memory_format)
-        return Split(inputs, self.labels.to(device))
-
-    def place(self, device, memory_format=torch.contiguous_format, resident: bool | None = None,
-              sharing: int = 1) -> Split:
-        """Held whole on `device` when `resident` (None: when it fits in this rank's share of half
-        the free memory of a GPU that `sharing` ranks use; always on a CPU); else kept on the
-        host, pinned for a GPU, and copied batch by batch (see `batches`)."""
-        device = torch.device(device)
-        if resident is None:
-            resident = device.type != "cuda" or self.nbytes * max(1, sharing) <= free_memory(device) // 2
-        if resident:
-            return self.to(device, memory_format)
-        host = self.to("cpu", memory_format)
-        if device.type == "cuda":
-            host = Split(host.inputs.pin_memory(), host.labels.pin_memory())
-        return host
-
-    def shard(self, index: int, parts: int, name: str = "train") -> Split:
-        """The index-th of `parts` contiguous, nearly equal shares of the examples (a rank's share of
-        a point's data with --ranks_per_point); more parts than examples is a UserError."""
-        n = len(self)
-        if parts > n:
-            raise UserError(f"--ranks_per_point {parts} is larger than split {name!r} ({n} examples): choose at most "
-                            f"{n} ranks per point, or evaluate more examples")
-        if parts == 1:
-            return self
-        lo, hi = index * n // parts, (index + 1) * n // parts
-        return Split(self.inputs[lo:hi], self.labels[lo:hi])
-
-    def cast(self, dtype: torch.dtype) -> Split:
-        """Floating-point inputs in `dtype` (a bf16/fp16 model's); integer inputs (token ids) as they are."""
-        if not self.inputs.is_floating_point() or self.inputs.dtype == dtype:
-            return self
-        return Split(self.inputs.to(dtype), self.labels)
-
-    def batches(self, size: int, device=None):
-        """(inputs, labels) of `size` examples at a time, on `device`: slices when the split is
-        held there, asynchronous copies from pinned host memory when not."""
-        for i in range(0, len(self), size):
-            xb, yb = self.inputs[i : i + size], self.labels[i : i + size]
-            if device is not None and xb.device != device:
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            yield xb, yb
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for t in (self.inputs, self.labels):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+def hold_all(nbytes: int, what: str) -> tuple[bool, str]:
+    """The Holding of callers that give none: everything in memory, no note."""
+    return True, ""
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -152,8 +139,13 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
-def digits(splits=SPLITS, pick=None) -> dict[str, Split]:
-    """The named splits; `pick(split, size)`: the rows to build (sorted; None: all)."""
+def digits_rows(pixels: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(pixels[:, None].astype(np.float32) / 16.0), torch.from_numpy(target.astype(np.int64))
+
+
+def digits(splits=SPLITS, pick=None, hold=hold_all) -> dict[str, Split | StreamedSplit]:
+    """The named splits; `pick(split, size)`: the rows to build (sorted; None: all); `hold`: a
+    Holding (streamed: from the arrays, through the path of data on disk)."""
     pixels, target = digits_arrays()
     order = np.random.RandomState(0).permutation(len(target))
     n_train = int(round(0.8 * len(target)))
@@ -163,9 +155,23 @@ def digits(splits=SPLITS, pick=None) -> dict[str, Split]:
         idx = parts[name]
         rows = pick(name, len(idx)) if pick else None
         idx = idx if rows is None else idx[rows]
-        out[name] = Split(torch.from_numpy(pixels[idx][:, None].astype(np.float32) / 16.0),
-                          torch.from_numpy(target[idx].astype(np.int64)))
+        keep, note = hold(len(idx) * (64 * 4 + 8), f"split {name!r} of digits")
+        if keep:
+            out[name] = Split(*digits_rows(pixels[idx], target[idx]), note=note)
+        else:
+            out[name] = StreamedSplit(ArrayRows((pixels, target), digits_rows), idx, 0, len(idx),
+                                      held_labels=torch.from_numpy(target[idx].astype(np.int64)), note=note,
+                                      example_bytes=64 * 4 + 8)
     return out
+
+
+def picked(pick, name: str, size: int) -> int:
+    """How many of `size` examples `pick` keeps (`size` when it keeps all, or when it cannot tell)."""
+    try:
+        rows = pick(name, size) if pick else None
+    except UserError:
+        rows = None
+    return size if rows is None else len(rows)
 
 
 def cifar_folder(data_dir: str | Path | None) -> Path:
@@ -204,21 +210,42 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels.astype(np.int64)
 
 
-def cifar10(data_dir: str | Path | None, splits=SPLITS, pick=None) -> dict[str, Split]:
-    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW);
-    `pick(split, size)`: the rows to convert (sorted; None: all)."""
-    folder = cifar_folder(data_dir)
+def cifar_inputs(data: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 3072) rows as float32 NCHW in [0, 1], normalized per channel."""
     mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return torch.from_numpy(data).view(-1, 3, 32, 32).float().div_(255.0).sub_(mean).div_(std)
+
+
+CIFAR_ROW_BYTES = 3072 * 4 + 8  # an image and its label held in memory
+
+
+def cifar10(data_dir: str | Path | None, splits=SPLITS, pick=None, hold=hold_all) -> dict[str, Split | StreamedSplit]:
+    """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW);
+    `pick(split, size)`: the rows to convert (sorted; None: all); `hold`: a Holding, asked with
+    the size estimated from the files' sizes (3073 bytes a row). Streamed: the files are read one
+    at a time, once here (the labels, held) and at every pass (core.stream.CifarFiles)."""
+    folder = cifar_folder(data_dir)
     out = {}
     for name in splits:
+        files = [folder / f for f in CIFAR_FILES[name]]
+        estimate = sum(f.stat().st_size // 3073 for f in files if f.is_file())
+        keep, note = hold(picked(pick, name, estimate) * CIFAR_ROW_BYTES, f"split {name!r} of CIFAR-10")
+        if not keep:
+            per_file = [read_cifar_batch(f)[1] for f in files]  # one file at a time
+            labels = np.concatenate(per_file)
+            rows = pick(name, len(labels)) if pick else None
+            labels = labels if rows is None else labels[rows]
+            out[name] = StreamedSplit(CifarFiles(files, [len(y) for y in per_file], read_cifar_batch, cifar_inputs),
+                                      rows, 0, len(labels), held_labels=torch.from_numpy(labels), note=note,
+                                      example_bytes=CIFAR_ROW_BYTES)
+            continue
         parts = [read_cifar_batch(folder / f) for f in CIFAR_FILES[name]]
         data, labels = np.concatenate([d for d, _ in parts]), np.concatenate([y for _, y in parts])
         rows = pick(name, len(labels)) if pick else None
         if rows is not None:
             data, labels = data[rows], labels[rows]
-        inputs = torch.from_numpy(data).view(-1, 3, 32, 32).float().div_(255.0).sub_(mean).div_(std)
-        out[name] = Split(inputs, torch.from_numpy(labels))
+        out[name] = Split(cifar_inputs(data), torch.from_numpy(labels), note=note)
     return out
 
 
@@ -226,14 +253,15 @@ def is_array(t) -> bool:
     return isinstance(t, (torch.Tensor, np.ndarray))
 
 
-def dataset_tensors(data, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_tensors(data, pick=None, first=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and labels of a Dataset's items (only rows `pick(len(data))`, when given), filled
-    one by one into tensors shaped after the first item: no list of all items."""
+    one by one into tensors shaped after the first item: no list of all items; `first`: the first
+    of those items, already read."""
     rows = pick(len(data)) if pick else None
     rows = range(len(data)) if rows is None else rows.tolist()
     inputs = labels = None
     for k, i in enumerate(rows):
-        x, y = data[i]
+        x, y = first if k == 0 and first is not None else data[i]
         x = torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x))
         y = torch.as_tensor(y if isinstance(y, torch.Tensor) else np.asarray(y))
         if inputs is None:
@@ -250,16 +278,57 @@ def dataset_tensors(data, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, labels
 
 
-def as_split(data, source: str, pick=None) -> Split:
+def streamed_dataset(data, source: str, pick, hold, note: str = "") -> Split | StreamedSplit:
+    """A user's Dataset read by one pass (core.stream.survey: its labels, held, and the hash of its
+    inputs), then at every pass through a DataLoader; held in memory when `hold` says so after all
+    (an iterable Dataset, whose size only the pass tells)."""
+    iterable = isinstance(data, torch.utils.data.IterableDataset)
+    rows = None if iterable or not pick else pick(len(data))
+    n, labels, content, per = survey(data, rows, source)
+    if iterable and pick and pick(n) is not None:  # the pass hashed every item: the subset is hashed later
+        rows = pick(n)
+        labels, content, n = labels[torch.from_numpy(rows)], None, len(rows)
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise UserError(f"{source}: labels must be class indices or float targets, got dtype {labels.dtype}")
+    if iterable:
+        keep, note = hold(n * per, source)
+    split = StreamedSplit(data, rows, 0, n, held_labels=labels, content=content, note=note, example_bytes=per,
+                          workers=workers_for(data))
+    return split.materialize() if iterable and keep else split
+
+
+def as_split(data, source: str, pick=None, hold=hold_all) -> Split | StreamedSplit:
     """A Split from a Split, an (inputs, labels) pair, or a map-style torch Dataset of (input, label);
-    `pick(size)`: the rows to keep (sorted; None: all), the only items a Dataset is asked for."""
+    `pick(size)`: the rows to keep (sorted; None: all), the only items a Dataset is asked for;
+    `hold`: a Holding (a Dataset that it does not hold, or an iterable one, is streamed: see
+    `streamed_dataset`; tensors are held, or streamed from memory with --data_in_memory no)."""
+    if isinstance(data, StreamedSplit):
+        return data
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return streamed_dataset(data, source, pick, hold)
+    keep, note, first = True, "", None
+    if isinstance(data, torch.utils.data.Dataset) and hold is not hold_all:  # its size from its first item
+        try:
+            rows = pick(len(data)) if pick else None
+            size = len(data) if rows is None else len(rows)
+            first = data[0 if rows is None else int(rows[0])] if size else None
+            x, y = (stream_item(v) for v in first) if size else (torch.zeros(0), torch.zeros(0))
+            per = x.element_size() * x.nelement() + 8 * max(1, y.nelement())
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{source}: cannot read the Dataset as (input tensor, class index) items "
+                            f"({type(exc).__name__}: {exc})") from None
+        keep, note = hold(size * per, source)
+        if not keep:
+            return streamed_dataset(data, source, pick, hold, note)
     if isinstance(data, Split):
         inputs, labels = data.inputs, data.labels
     elif isinstance(data, (tuple, list)) and len(data) == 2 and all(is_array(t) for t in data):
         inputs, labels = (torch.as_tensor(t) for t in data)
     elif isinstance(data, torch.utils.data.Dataset):
         try:
-            inputs, labels = dataset_tensors(data, pick)
+            inputs, labels = dataset_tensors(data, pick, first)
             pick = None  # the Dataset gave the picked rows only
         except UserError:
             raise
@@ -277,14 +346,26 @@ def as_split(data, source: str, pick=None) -> Split:
     rows = pick(len(labels)) if pick else None
     if rows is not None:
         inputs, labels = inputs[torch.from_numpy(rows)], labels[torch.from_numpy(rows)]
-    return Split(inputs, labels)  # floating targets stay floating: check_labels converts class indices
+    digest = data.digest if isinstance(data, Split) else "content"
+    if hold is not hold_all and not isinstance(data, torch.utils.data.Dataset):  # tensors: already in memory
+        keep, note = hold(0, source) if hold.in_memory == "no" else (True, "")
+    if not keep:  # --data_in_memory no: the streamed path, from memory
+        return StreamedSplit(ArrayRows((inputs, labels), lambda x, y: (x, y)), None, 0, len(labels),
+                             held_labels=labels, digest=digest, note=note,
+                             example_bytes=Split(inputs, labels).nbytes // len(labels))
+    return Split(inputs, labels, digest, note)  # floating targets stay floating: check_labels converts class indices
 
 
-def as_splits(data) -> dict[str, Split]:
-    """{name: Split} from {name: Split | (inputs, labels) | Dataset}, or one of those (the train split)."""
+def stream_item(v) -> torch.Tensor:
+    return torch.as_tensor(v if isinstance(v, torch.Tensor) else np.asarray(v))
+
+
+def as_splits(data, hold=hold_all) -> dict[str, Split | StreamedSplit]:
+    """{name: Split} from {name: Split | StreamedSplit | (inputs, labels) | Dataset}, or one of those (the
+    train split); `hold`: a Holding (see `as_split`)."""
     if not isinstance(data, dict):
         data = {"train": data}
-    return {name: as_split(d, f"data for split {name!r}") for name, d in data.items()}
+    return {name: as_split(d, f"data for split {name!r}", hold=hold) for name, d in data.items()}
 
 
 SUBSET_SEED = 0  # a random subset is drawn with numpy RandomState(SUBSET_SEED)
@@ -304,17 +385,20 @@ def subset_rows(size: int, n: int, mode: str = "first", name: str = "train", fla
 
 def subset(split: Split, n: int, mode: str = "first", name: str = "train", flag: str = "--subset") -> Split:
     """The first n examples (a view), or n drawn without replacement with numpy seed SUBSET_SEED
-    (kept in their order); n = 0 or the whole size: the split itself."""
+    (kept in their order); n = 0 or the whole size: the split itself. Of a streamed split: those
+    examples read into memory (a Hessian subset, a BN calibration split)."""
     rows = subset_rows(len(split), n, mode, name, flag)
     if rows is None:
         return split
+    if isinstance(split, StreamedSplit):
+        return Split(*split.take(split.lo + rows), split.digest)
     if mode == "first":
         return Split(split.inputs[:n], split.labels[:n])
     index = torch.from_numpy(rows)
     return Split(split.inputs[index], split.labels[index])
 
 
-def from_factory(path: str, splits=None, pick=None) -> dict[str, Split]:
+def from_factory(path: str, splits=None, pick=None, hold=hold_all) -> dict[str, Split | StreamedSplit]:
     """The named splits (default: all) that the user's `package.module:factory` returns: a torch
     Dataset or an (inputs, labels) pair of tensors (the train split), a (train, test) pair of
     those, or a dict {'train': ..., 'test': ...} of those; `pick(split, size)`: the rows to keep."""
@@ -338,7 +422,7 @@ def from_factory(path: str, splits=None, pick=None) -> dict[str, Split]:
         if s not in parts:
             raise UserError(f"dataset {path!r} has no {s!r} split (it has {', '.join(parts)}): "
                             f"choose --splits {','.join(parts)}")
-    return {s: as_split(parts[s], f"{source} split {s!r}", pick and functools.partial(pick, s)) for s in splits}
+    return {s: as_split(parts[s], f"{source} split {s!r}", pick and functools.partial(pick, s), hold) for s in splits}
 
 
 TOKENS_PREFIX, TEXT_PREFIX, HFDATA_PREFIX = "tokens:", "text:", "hfdata:"
@@ -367,30 +451,43 @@ def block_count(length: int, seq_len: int, what: str) -> int:
     return length // seq_len
 
 
-def blocks_split(blocks) -> Split:
+def blocks_split(blocks, note: str = "") -> Split:
     """inputs = labels = the blocks' ids as int64."""
     ids = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
-    return Split(ids, ids)
+    return Split(ids, ids, "blocks", note)
 
 
-def file_blocks(file: Path, dtype, seq_len: int, name: str, pick, what: str) -> Split:
+def file_blocks(file: Path, dtype, seq_len: int, name: str, pick, what: str, hold=hold_all) -> Split | StreamedSplit:
     """The blocks `pick(name, n)` of a flat file of `dtype` ids: only the byte range from the
-    first to the last block used is mapped (np.memmap), only the blocks used are read."""
+    first to the last block used is mapped (np.memmap), only the blocks used are read; streamed
+    (core.stream.TokenBlocks) when `hold` does not hold them."""
     n = block_count(file.stat().st_size // dtype.itemsize, seq_len, what)
     rows = pick(name, n) if pick else None
+    used = n if rows is None else len(rows)
+    keep, note = hold(used * seq_len * 8, what)
+    if not keep:
+        return StreamedSplit(TokenBlocks(file, dtype, seq_len, n), rows, 0, used, digest="blocks", note=note,
+                             example_bytes=seq_len * 8)
     lo, hi = (0, n) if rows is None else (int(rows[0]), int(rows[-1]) + 1)
     mapped = np.memmap(file, dtype=dtype, mode="r", offset=lo * seq_len * dtype.itemsize, shape=(hi - lo, seq_len))
-    split = blocks_split(mapped if rows is None else mapped[rows - lo])
+    split = blocks_split(mapped if rows is None else mapped[rows - lo], note)
     del mapped
     return split
 
 
-def stream_blocks(ids: np.ndarray, seq_len: int, name: str, pick, what: str) -> Split:
-    """The blocks `pick(name, n)` of a token stream held in memory."""
+def stream_blocks(ids: np.ndarray, seq_len: int, name: str, pick, what: str, hold=hold_all) -> Split:
+    """The blocks `pick(name, n)` of a token stream held in memory (the tokenizer's or the `datasets`
+    column's ids, made whole: they are held whatever `hold` says, and --data_in_memory no is refused)."""
     n = block_count(len(ids), seq_len, what)
     rows = pick(name, n) if pick else None
     blocks = ids[: n * seq_len].reshape(n, seq_len)
-    return blocks_split(blocks if rows is None else blocks[rows])
+    if getattr(hold, "in_memory", "auto") == "no":
+        raise UserError(f"--data_in_memory no: the ids of {what} are made whole in memory (tokenized, or "
+                        "concatenated from the datasets column): write them to a flat token file "
+                        "(np.array(ids, dtype=np.uint16).tofile(PATH)) and use --dataset tokens:PATH to stream them")
+    used = n if rows is None else len(rows)
+    note = "" if hold is hold_all else f"held in memory ({gib(used * seq_len * 8)}; its ids are made whole in memory)"
+    return blocks_split(blocks if rows is None else blocks[rows], note)
 
 
 def need_seq_len(source: str, seq_len: int) -> None:
@@ -398,7 +495,7 @@ def need_seq_len(source: str, seq_len: int) -> None:
         raise UserError(f"--dataset {source} needs --seq_len N, the tokens per block (e.g. 256)")
 
 
-def tokens(path: str, seq_len: int, splits=SPLITS, pick=None) -> dict[str, Split]:
+def tokens(path: str, seq_len: int, splits=SPLITS, pick=None, hold=hold_all) -> dict[str, Split | StreamedSplit]:
     """Blocks of `seq_len` token ids of a flat token file (see the module's docstring); `pick(split,
     size)`: the blocks to read (sorted; None: all)."""
     train = Path(path)
@@ -413,7 +510,7 @@ def tokens(path: str, seq_len: int, splits=SPLITS, pick=None) -> dict[str, Split
         if size == 0 or size % dtype.itemsize:
             raise UserError(f"token file {str(file)!r} is {'empty' if size == 0 else f'{size} bytes, not whole {dtype} ids'}: "
                             "write the ids with np.array(ids, dtype=np.uint16).tofile(path) (uint32: name it *.u32.bin)")
-        out[name] = file_blocks(file, dtype, seq_len, name, pick, f"token file {str(file)!r}")
+        out[name] = file_blocks(file, dtype, seq_len, name, pick, f"token file {str(file)!r}", hold)
     return out
 
 
@@ -445,7 +542,8 @@ def encode(texts: list[str], tokenizer) -> np.ndarray:
     return np.fromiter((i for row in rows for i in row), dtype=np.int64)
 
 
-def text(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=None) -> dict[str, Split]:
+def text(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=None,
+         hold=hold_all) -> dict[str, Split | StreamedSplit]:
     """Blocks of `seq_len` ids of a UTF-8 text file: its bytes (read through a memory map, only the
     blocks used) when `tokenizer` is None, else the tokenizer's ids of the whole text."""
     train = Path(path)
@@ -459,14 +557,14 @@ def text(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=None) -> d
             raise UserError(f"text file {str(file)!r} is empty: give a UTF-8 text file of at least --seq_len tokens")
         what = f"text file {str(file)!r}"
         if tokenizer is None:
-            out[name] = file_blocks(file, np.dtype(np.uint8), seq_len, name, pick, what)
+            out[name] = file_blocks(file, np.dtype(np.uint8), seq_len, name, pick, what, hold)
             continue
         try:
             content = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise UserError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start}): convert it to UTF-8, "
                             "or read its bytes with --tokenizer bytes") from None
-        out[name] = stream_blocks(encode([content], tokenizer), seq_len, name, pick, what + " tokenized")
+        out[name] = stream_blocks(encode([content], tokenizer), seq_len, name, pick, what + " tokenized", hold)
     return out
 
 
@@ -515,7 +613,7 @@ def dataset_ids(data, what: str, tokenizer) -> np.ndarray:
                     "ids) or a 'text' column")
 
 
-def hfdata(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=lambda: None) -> dict[str, Split]:
+def hfdata(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=lambda: None, hold=hold_all) -> dict[str, Split]:
     """Blocks of `seq_len` ids of a saved Hugging Face dataset (see the module's docstring);
     `tokenizer()`: the tokenizer for a `text` column, or None for bytes (called only for one)."""
     folder = Path(path)
@@ -527,19 +625,35 @@ def hfdata(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=lambda: 
             raise UserError(f"datasets folder {str(folder)!r} has no test split (a DatasetDict with 'validation' or "
                             "'test'): use --splits train")
         what = f"split {name!r} of datasets folder {str(folder)!r}"
-        out[name] = stream_blocks(dataset_ids(parts[name], what, tokenizer), seq_len, name, pick, what)
+        out[name] = stream_blocks(dataset_ids(parts[name], what, tokenizer), seq_len, name, pick, what, hold)
     return out
 
 
-def check_tokens(split: Split, vocab: int, context: int | None, name: str) -> None:
-    """Token ids (batch, T) in 0..vocab-1 (labels may also be −100: not predicted), T ≤ `context`."""
-    ids = split.inputs
+def check_tokens(split: Split | StreamedSplit, vocab: int, context: int | None, name: str) -> None:
+    """Token ids (batch, T) in 0..vocab-1 (labels may also be −100: not predicted), T ≤ `context`;
+    of a streamed split from its first example and one pass over its ids (none when the file's id
+    type cannot hold an id ≥ vocab)."""
+    ids = split.head(1).inputs if isinstance(split, StreamedSplit) else split.inputs
     if ids.dim() != 2 or ids.is_floating_point():
         raise UserError(f"split {name!r} has inputs {ids.dtype} {tuple(ids.shape)}: --task causal_lm takes token "
                         "ids (examples, seq_len), e.g. --dataset tokens:PATH --seq_len N")
     if context is not None and ids.shape[1] > context:
         raise UserError(f"--seq_len {ids.shape[1]} is longer than the model's context ({context} positions, "
                         f"config.max_position_embeddings): choose --seq_len {context} or less")
+    if isinstance(split, StreamedSplit):
+        source = split.source
+        if not isinstance(source, TokenBlocks):
+            ranges = [(int(t.min()), int(t.max())) for x, y in split.batches(4096, "cpu")
+                      for t in (x, y[y != -100]) if t.numel()]
+            lo, hi = min(a for a, _ in ranges), max(b for _, b in ranges)
+        elif 1 << (8 * source.dtype.itemsize) <= vocab:
+            return
+        else:
+            lo, hi = split.id_range()
+        if lo < 0 or hi >= vocab:
+            raise UserError(f"split {name!r} has token ids in [{lo}, {hi}] but the model's vocabulary has {vocab} "
+                            "tokens: use the tokenizer of this model")
+        return
     labels = split.labels[split.labels != -100]
     for what, t in (("token ids", ids), ("labels", labels)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= vocab):
@@ -549,39 +663,47 @@ def check_tokens(split: Split, vocab: int, context: int | None, name: str) -> No
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS, subset: tuple[int, str] | None = None,
                  flag: str = "--subset", seq_len: int = 0, model: str | None = None,
-                 tokenizer: str = "auto") -> dict[str, Split]:
+                 tokenizer: str = "auto", in_memory: str | None = None, ranks: int = 1,
+                 memory: int | None = None) -> dict[str, Split | StreamedSplit]:
     """The named splits of dataset `name` (a name of DATASETS, `tokens:PATH`, `text:PATH` or
     `hfdata:FOLDER` cut into blocks of `seq_len` tokens, or `package.module:factory`).
     `subset` (n, mode): only the examples that `subset(split, n, mode)` keeps are converted (a
     Dataset is asked for those items only); `flag` names n in messages. Text is tokenized with the
     tokenizer saved in the folder of `model` (`hf:FOLDER`) unless `tokenizer` is 'bytes' (see
-    `model_tokenizer`)."""
+    `model_tokenizer`). `in_memory` (`--data_in_memory`: yes, no, auto; None: every split held,
+    unchecked): which splits are held in memory, the others streamed (see `Holding`; `ranks`: the
+    ranks of this node, `memory`: the bytes this rank may use, default the node's available memory
+    shared among them)."""
     splits = list(splits)
+    hold = hold_all if in_memory is None else Holding(in_memory, ranks, memory)
     pick = None
     if subset and subset[0]:
         def pick(split, size):
             return subset_rows(size, subset[0], subset[1], split, flag)
     if name == "digits":
-        return digits(splits, pick)
+        return digits(splits, pick, hold)
     if name == "cifar10":
-        return cifar10(data_dir, splits, pick)
+        return cifar10(data_dir, splits, pick, hold)
     if name.startswith(TOKENS_PREFIX):
-        return tokens(name[len(TOKENS_PREFIX):], seq_len, splits, pick)
+        return tokens(name[len(TOKENS_PREFIX):], seq_len, splits, pick, hold)
     if name.startswith(TEXT_PREFIX):
-        return text(name[len(TEXT_PREFIX):], seq_len, splits, pick, model_tokenizer(model, tokenizer))
+        return text(name[len(TEXT_PREFIX):], seq_len, splits, pick, model_tokenizer(model, tokenizer), hold)
     if name.startswith(HFDATA_PREFIX):
         return hfdata(name[len(HFDATA_PREFIX):], seq_len, splits, pick,
-                      functools.cache(lambda: model_tokenizer(model, tokenizer)))
+                      functools.cache(lambda: model_tokenizer(model, tokenizer)), hold)
     if is_import_path(name):
-        return from_factory(name, splits, pick)
+        return from_factory(name, splits, pick, hold)
     raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, {', '.join(p + 'PATH' for p in TOKEN_SOURCES)}, "
                     "or give your own as package.module:factory")
 
 
-def check_labels(split: Split, num_classes: int, name: str) -> Split:
+def check_labels(split: Split | StreamedSplit, num_classes: int, name: str) -> Split | StreamedSplit:
     """The split with class indices (int64) in 0..num_classes-1, as the built-in losses take them;
-    float labels are accepted only when they are whole numbers (never truncated)."""
+    float labels are accepted only when they are whole numbers (never truncated). A streamed
+    split's labels are held (read once when it was made), except token blocks'."""
     labels = split.labels
+    if labels is None:  # streamed token blocks: their own labels
+        labels = split.head(1).labels
     if labels.dim() != 1:
         raise UserError(f"split {name!r} has labels of shape {tuple(labels.shape)}: the built-in losses take one "
                         "class index per example; use your own --loss_name for other targets")
@@ -596,4 +718,15 @@ def check_labels(split: Split, num_classes: int, name: str) -> Split:
             f"split {name!r} has labels in [{lo}, {hi}] but the model has {num_classes} outputs: "
             "use a model with as many outputs as classes"
         )
-    return Split(split.inputs, labels.long())
+    return split.with_labels(labels.long())
+
+
+def accepted_fingerprint(split: Split | StreamedSplit, stored: str | None) -> str:
+    """The split's fingerprint, or `stored` when that is the fingerprint token data had before
+    issue 17 (sha256 of every id, twice: inputs and labels) and a full read of the split confirms
+    it: a surface file of token data written then still resumes (checked by one full read at
+    every resume of it)."""
+    mine = split.fingerprint()
+    if stored and stored != mine and split.digest == "blocks" and split.content_fingerprint() == stored:
+        return stored
+    return mine

@@ -65,7 +65,39 @@ def free_memory(device: torch.device) -> int:
     """Free bytes on `device`: the GPU's free memory, or the host's available memory."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    return host_available()
+
+
+def _read(path: str) -> str | None:
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 32
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def host_available() -> int:
+    """The host memory this process may still use: the least of MemAvailable (/proc/meminfo; free
+    pages where it is not there), its cgroup's limit less its usage (a SLURM job's --mem; cgroup
+    v2), and its address-space limit (RLIMIT_AS, `ulimit -v`) less its address space now."""
+    import resource
+
+    found = []
+    info = _read("/proc/meminfo")
+    line = next((ln for ln in (info or "").splitlines() if ln.startswith("MemAvailable:")), None)
+    if line:
+        found.append(int(line.split()[1]) * 1024)
+    else:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            found.append(1 << 32)
+    limit, used = _read("/sys/fs/cgroup/memory.max"), _read("/sys/fs/cgroup/memory.current")
+    if limit and used and limit.strip().isdigit() and used.strip().isdigit():
+        found.append(max(0, int(limit) - int(used)))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    status = _read("/proc/self/status")
+    vm = next((ln for ln in (status or "").splitlines() if ln.startswith("VmSize:")), None)
+    if soft != resource.RLIM_INFINITY and vm:
+        found.append(max(0, soft - int(vm.split()[1]) * 1024))
+    return min(found)

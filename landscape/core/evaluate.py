@@ -7,8 +7,8 @@ once per point.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
@@ -72,6 +72,7 @@ class SurfaceEvaluator:
         self.forward = torch.compile(self.model) if compile else self.model
         self.theta = ThetaWriter(self.model, directions, dir_type, select)
         self.group = group  # the ranks that evaluate each point together, each on its share of `splits`
+        self.batch_limit = None  # at most this many batches of each split (timing at start-up: core.tuning)
         # data on the device when they fit (see Split.place); `resident=False` forces per-batch copies
         self.splits = {name: split.place(self.device, self.memory_format, resident, sharing).cast(weights_dtype(model))
                        for name, split in splits.items()}
@@ -124,7 +125,7 @@ class SurfaceEvaluator:
         sums = []
         for split in self.splits.values():
             totals, count = 0, 0  # a float64 tensor of the task's sums after the first batch
-            for xb, yb in split.batches(self.batch_size, self.device):
+            for xb, yb in islice(split.batches(self.batch_size, self.device), self.batch_limit):
                 with self.autocast():
                     totals += self.task.sums(self.task.output(self.forward(xb)), yb, inputs=xb)
                 count += self.task.count(yb)
@@ -197,7 +198,7 @@ class SurfaceEvaluator:
         sums = []
         for split in self.splits.values():
             totals, count = 0, 0
-            for xb, yb in split.batches(self.batch_size, self.device):
+            for xb, yb in islice(split.batches(self.batch_size, self.device), self.batch_limit):
                 with self.autocast():
                     totals += self.task.sums(self.batched_forward(tensors, xb), yb, stacked=True, inputs=xb)
                 count += self.task.count(yb)
@@ -229,50 +230,3 @@ class Evaluation:
                                 precision=self.precision, compile=self.compile, channels_last=self.channels_last,
                                 bn_calibration=self.bn_calibration, sharing=sharing, select=self.select,
                                 group=group)
-
-
-def fastest_points_per_pass(evaluator: SurfaceEvaluator, candidates=(1, 4, 16)) -> tuple[int, str]:
-    """Time each K on K points near θ* (best of 2), set the K with the least time per point and
-    return it with a note of how it was chosen. K = 1 without measuring when BN statistics are
-    re-estimated at every point (only one point per pass can be recalibrated); a K whose stack or
-    activations run out of GPU memory, or that vmap cannot run (data-dependent control flow,
-    .item(), in-place ops on inputs), ends the search. Each rank of a group times its own share
-    alone (the ranks' searches may end differently; the caller takes the least K over ranks)."""
-    if evaluator.bn is not None:
-        evaluator.set_points_per_pass(1)
-        return 1, "1 point per pass: BN statistics are re-estimated at every point"
-    group, evaluator.group = evaluator.group, None
-    try:
-        return _fastest(evaluator, candidates)
-    finally:
-        evaluator.group = group
-
-
-def _fastest(evaluator: SurfaceEvaluator, candidates) -> tuple[int, str]:
-    best, best_time, note = 1, float("inf"), ""
-    for k in candidates:
-        coords = np.linspace(0, 0.01, 2 * k).reshape(k, 2)[:, : len(evaluator.theta.directions)]
-        seconds = []
-        try:
-            evaluator.set_points_per_pass(k)
-            evaluator(coords[:1])  # warm-up
-            for _ in range(2):
-                t0 = time.perf_counter()
-                evaluator(coords)
-                seconds.append((time.perf_counter() - t0) / k)
-        except torch.OutOfMemoryError:  # k parameter sets and their activations do not fit: stop here
-            evaluator.stack = None
-            if evaluator.device.type == "cuda":
-                torch.cuda.empty_cache()
-            note = f"; {k} ran out of memory"
-            break
-        except Exception as exc:  # vmap cannot run this model: one point per pass
-            if k == 1:
-                raise
-            note = f"; {k} points per pass failed under vmap ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-            break
-        if min(seconds) < best_time:
-            best, best_time = k, min(seconds)
-    evaluator.theta.restore()
-    evaluator.set_points_per_pass(best)
-    return best, f"{best} point(s) per pass, measured ({', '.join(map(str, candidates))} tried){note}"

@@ -270,7 +270,7 @@ class UserMetrics:
     def call(self, outputs, targets, inputs) -> dict:
         try:
             return self.fn(outputs, (inputs, targets))
-        except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (see fastest_points_per_pass)
+        except (UserError, torch.OutOfMemoryError):  # out of memory: the caller decides (see core.tuning)
             raise
         except Exception as exc:
             raise UserError(f"--task {self.path} fails on outputs {_describe(outputs)} and targets {_describe(targets)} "

@@ -11,6 +11,13 @@ Schema (axis order (y, x); a 1D grid has shape (nx,)):
                                 <split>/{loss,acc}[_projected]
     /hessian/...                Hessian map on its own (sub-)grid: x, y, lambda_max, lambda_min,
                                 residual_max, residual_min, n_hvp, mask; settings as attrs
+    /hessian_trace/...          trace map (the same layout): trace, ci_low, ci_high, n_hvp, mask
+    /hessian_topk/...           top-k map: lambda_1..k, residual_1..k, n_hvp, mask
+    /spectrum/<label>/...       spectrum at one point (label theta_star or a<α>_b<β>): eigenvalues,
+                                residuals, trace (+ ci), slq/{nodes,weights}, density/{grid,values},
+                                blocks/{names,numel,lambda_max,residual,trace,trace_ci}; settings as attrs
+    /directions/eigenvalues     with Hessian-eigenvector directions (--xdir hessian:K): λ of each, and
+    /directions/residuals       the residuals ‖H y − λ y‖
     attrs: format, format_version, config (YAML), job (JSON of what identifies
            the job), seed, versions
 
@@ -49,7 +56,11 @@ HESSIAN_MASK = f"{HESSIAN}/{MASK}"
 #: the ratio the figures draw (an attribute of the hessian group); the reference tool drew |λmin/λmax|
 HESSIAN_RATIO = "max(0, -lambda_min) / lambda_max; NaN where lambda_max <= 0 (the reference tool: |lambda_min / lambda_max|)"
 TRAJECTORY = "trajectory"
-NOT_SPLITS = ("directions", HESSIAN, TRAJECTORY)  # groups of the root that are not splits
+TRACE_MAP = "hessian_trace"  # the trace map: trace, ci_low, ci_high, n_hvp, mask (analysis.spectrum)
+TRACE_VALUES = ("trace", "ci_low", "ci_high", "n_hvp")
+TOPK_MAP = "hessian_topk"  # the top-k map: lambda_1..k, residual_1..k, n_hvp, mask
+SPECTRUM = "spectrum"  # spectra at single points: spectrum/<label>/...
+NOT_SPLITS = ("directions", HESSIAN, TRAJECTORY, TRACE_MAP, TOPK_MAP, SPECTRUM)  # groups of the root that are not splits
 
 
 def mpi_h5py() -> bool:
@@ -201,6 +212,33 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
         reason = storage_problem(exc) or str(exc).splitlines()[0]
         raise UserError(f"cannot write {str(path)!r} ({reason}): free space or choose another --surf_file") from None
     return np.zeros(grid.size, dtype=bool)
+
+
+def points_left(path: str | Path, size: int) -> int:
+    """Points of an existing surface file not yet computed (`size` when there is no readable file of
+    that many points): what a rerun will compute, for planning it."""
+    try:
+        with h5py.File(path, "r") as f:
+            mask = f[MASK][...]
+        return int(mask.size - mask.sum()) if mask.size == size else size
+    except (OSError, KeyError):
+        return size
+
+
+def read_run_options(path: str | Path) -> dict:
+    """The `run_options` of an existing surface file's last run ({} when there is none)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs.get("run_options", "{}"))
+    except (OSError, ValueError):
+        return {}
+
+
+def record_run_options(path: str | Path, options: dict) -> None:
+    """The options of the run now starting (how it evaluates, not what: never part of the job), as
+    the JSON attribute `run_options`; rank 0, before the run opens the file."""
+    with open_for_writing(path) as f:
+        f.attrs["run_options"] = json.dumps(options, sort_keys=True)
 
 
 def _plain(v):
@@ -474,3 +512,76 @@ def read_job(path: str | Path) -> StoredJob:
             raise UserError(f"{str(path)!r} has a damaged config attribute: recompute the surface")
         directions = [{k: v[...] for k, v in f[f"directions/{a}"].items()} for a in "xy" if a in f["directions"]]
         return StoredJob(provenance, f["x"][...], f["y"][...] if "y" in f else None, directions)
+
+
+# ---------------------------------------------------------------- curvature maps and spectra
+
+
+def read_map(path: str | Path, group: str) -> HessianMap:
+    """A per-point map of a surface file stored like the Hessian map (the trace map TRACE_MAP, the
+    top-k map TOPK_MAP): every dataset of the group but its coordinates and mask; or a UserError
+    naming how to compute one."""
+    path = Path(path)
+    how = {TRACE_MAP: "--map trace", TOPK_MAP: "--map topk"}.get(group, "")
+    with open_surface(path) as f:
+        if group not in f or MASK not in f[group]:
+            raise UserError(f"{str(path)!r} has no {group} map: compute it with `landscape hessian {path} {how}`")
+        g = f[group]
+        values = {k: g[k][...] for k in g if k not in ("x", "y", MASK) and isinstance(g[k], h5py.Dataset)}
+        return HessianMap(
+            g["x"][...], g["y"][...] if "y" in g else None, values, g[MASK][...].astype(bool),
+            {k: _plain(v) for k, v in g.attrs.items()}, (float(f["x"][0]), float(f["x"][-1])),
+            (float(f["y"][0]), float(f["y"][-1])) if "y" in f else None)
+
+
+def spectrum_label(point) -> str:
+    """The group name of a spectrum at `point` (α[, β]): theta_star at the origin, else a<α>_b<β>."""
+    if all(float(c) == 0.0 for c in point):
+        return "theta_star"
+    return "_".join(f"{n}{float(c):g}" for n, c in zip("ab", point))
+
+
+def write_spectrum(path: str | Path, label: str, arrays: dict[str, np.ndarray], attrs: dict, *,
+                   force: bool = False) -> str:
+    """Write spectrum/<label> (datasets `arrays` by relative name, `attrs` as its attributes) into a
+    surface file (one process); an existing one is refused unless `force`. Returns the group's name."""
+    name = f"{SPECTRUM}/{label}"
+    open_surface(path).close()
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{str(path)!r} is not writable: make it writable or copy it to a writable folder")
+    with h5py.File(path, "r+") as f:
+        if name in f:
+            if not force:
+                raise UserError(f"{str(path)!r} already holds a spectrum at this point ({name}): pass --force to "
+                                "recompute it")
+            del f[name]
+        g = f.create_group(name)
+        for k, v in attrs.items():
+            g.attrs[k] = v
+        for k, v in arrays.items():
+            g.create_dataset(k, data=v)
+    return name
+
+
+@dataclass(frozen=True)
+class StoredSpectrum:
+    """A spectrum of a surface file: its datasets by relative name (eigenvalues, slq/nodes, ...) and settings."""
+
+    label: str
+    values: dict
+    settings: dict
+
+
+def read_spectra(path: str | Path) -> dict[str, StoredSpectrum]:
+    """Every spectrum of a surface file by label, or a UserError naming how to compute one."""
+    path = Path(path)
+    with open_surface(path) as f:
+        if SPECTRUM not in f or not len(f[SPECTRUM]):
+            raise UserError(f"{str(path)!r} has no spectrum: compute one with `landscape spectrum {path}`")
+        out = {}
+        for label, g in f[SPECTRUM].items():
+            values = {}
+            g.visititems(lambda k, d: values.__setitem__(k, d[...]) if isinstance(d, h5py.Dataset) else None)
+            values = {k: (np.array([_text(s) for s in v]) if v.dtype.kind in "OS" else v) for k, v in values.items()}
+            out[label] = StoredSpectrum(label, values, {k: _plain(v) for k, v in g.attrs.items()})
+        return out

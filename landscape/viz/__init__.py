@@ -1,2 +1,2 @@
-"""Figures, VTK export and the textual summary of surface files. Reads files through
-landscape.io only; never imports torch, and `info`/`vtk` never load matplotlib."""
+"""Figures, VTK export, the textual summary and the interactive HTML report of surface files. Reads
+files through landscape.io only; never imports torch, and `info`/`vtk`/`report` never load matplotlib."""

@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..errors import UserError
 from ..io.surface_file import METRICS, Surface, read_surface
+from .arrays import stride
 from .common import COLORMAPS, FigureCanvasAgg, edges, folder, masked, plt, save_figure
 from .hessian_figures import DEFAULT, plot_hessian
 
@@ -72,16 +73,6 @@ def axis_labels(surf: Surface) -> tuple[str, str]:
 def heat_data(x, y, values, mask):
     """(masked (ny, nx) array, imshow extent (left, right, bottom, top)) for origin='lower'."""
     return masked(values, mask), (*edges(x), *edges(y))
-
-
-def stride(mask: np.ndarray, min_done: float = 0.9) -> int:
-    """Smallest power-of-2 step whose sub-grid is at least `min_done` computed (1 if none)."""
-    s = 1
-    while all(n > 2 * s for n in mask.shape):
-        if mask[(slice(None, None, s),) * mask.ndim].mean() >= min_done:
-            return s
-        s *= 2
-    return s if mask[(slice(None, None, s),) * mask.ndim].mean() >= min_done else 1
 
 
 def levels(z: np.ma.MaskedArray, vmin=None, vmax=None, vlevel=None, robust=True) -> np.ndarray:

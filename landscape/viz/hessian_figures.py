@@ -14,22 +14,13 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 
 from ..io.surface_file import read_hessian
 from ..options import PlotJob
+from .arrays import negative_curvature_ratio
 from .common import edges, folder, masked, plt, save_figure
 
 DEFAULT = PlotJob()  # the defaults of `landscape plot`, also those of every figure function
 
 
 RATIO_LABEL = r"$\max(0,-\lambda_{min})\,/\,\lambda_{max}$"
-
-
-def negative_curvature_ratio(lambda_max, lambda_min) -> np.ndarray:
-    """max(0, −λmin)/λmax: 0 where the Hessian has no negative eigenvalue (convex), 1 where the
-    most negative curvature is as strong as the most positive; NaN where λmax ≤ 0 (no positive
-    curvature: the ratio says nothing). The reference tool's |λmin/λmax| reads a positive λmin as
-    if it were negative curvature and exceeds 1 at concave points; it is `reference_ratio`."""
-    lambda_max, lambda_min = np.asarray(lambda_max, float), np.asarray(lambda_min, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(lambda_max > 0, np.maximum(0.0, -lambda_min) / lambda_max, np.nan)
 
 
 def reference_ratio(lambda_max, lambda_min) -> np.ndarray:

@@ -204,28 +204,6 @@ def test_regression_with_the_users_own_loss():
     assert np.isnan(s.values["train/acc"]).all()  # no class indices: no accuracy
 
 
-class DataDependent(nn.Module):
-    """A branch on a value (.item()): vmap cannot run it."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(6, 3)
-
-    def forward(self, x):
-        z = self.fc(x)
-        return z if z.sum().item() > -1e9 else -z
-
-
-def test_points_per_pass_search_falls_back_when_vmap_cannot_run_the_model():
-    torch.manual_seed(0)
-    model, data = DataDependent(), {"train": toy_data()}
-    directions = random_directions(model, seed=0, ndim=1)
-    s = compute_surface(model, data, x="-1:1:5", points_per_pass=0, directions=directions)
-    assert "failed under vmap" in s.notes[0] and s.notes[0].startswith("1 point")
-    want = compute_surface(model, data, x="-1:1:5", directions=directions)
-    np.testing.assert_array_equal(s.values["train/loss"], want.values["train/loss"])
-
-
 def state_of(model):
     return ({n: (t.device, t.is_contiguous(), t.requires_grad) for n, t in model.named_parameters()},
             {k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()])
@@ -275,11 +253,3 @@ def test_float_targets_of_a_dataset_are_not_truncated():
     t = torch.linspace(-1.5, 1.5, 8)
     assert torch.equal(as_split(TensorDataset(x, t), "data").labels, t)  # used to be int(y): -1, -1, 0, ...
     assert as_split(TensorDataset(x, t.round().long()), "data").labels.dtype == torch.int64
-
-
-def test_points_per_pass_measured_on_every_rank_at_once(tmp_path):
-    from conftest import run_surface
-
-    proc = run_surface(["--model", "digits_mlp", "--x=-1:1:9", "--points_per_pass", "0", "--subset", "200",
-                        "--threads", "1", "--no-plot", "--no-progress", "--surf_file", str(tmp_path / "s.h5")], ranks=2)
-    assert "point(s) per pass, measured" in proc.stderr and "the least over 2 ranks" in proc.stderr

@@ -43,7 +43,7 @@ def test_option_matches_plain_path(options, rtol, dir_type):
 @pytest.mark.parametrize("dir_type", ["weights", "states"])
 def test_points_per_pass_with_biases_and_bn_left_out(dir_type):
     """With --xignore biasbn the 1-D tensors do not vary: passed unstacked. The evaluator switches
-    from one point per pass to 4, as fastest_points_per_pass does, points in another order."""
+    from one point per pass to 4, as the start-up measurement (core.tuning) does, points in another order."""
     torch.manual_seed(0)
     model = build_model("digits_cnn")
     directions = random_directions(model, seed=3, dir_type=dir_type, ignores=("biasbn", "biasbn"))

@@ -1,0 +1,59 @@
+"""The memory a surface job needs on its device, planned before any work (issue 17).
+
+Counted: the model when it is not yet on the device; the θ writer's copies (θ* in each tensor's
+dtype, and each direction: float32 for bf16/fp16 tensors, see core.theta); the K parameter sets
+of `--points_per_pass K`; a streamed split's batches in flight (the batch being evaluated and
+the next, on the device). Not counted: activations (a batch's, which --batch_size sets) and data
+held in memory (placed on a GPU only when they fit, see core.data.Split.place; on the host
+already allocated when this is planned). The budget is this rank's share of the device: a GPU's
+free memory, or the host's available memory (core.device.free_memory), divided among the ranks
+that use it (core.device.ranks_per_device).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .directions import target_tensors
+from .stream import StreamedSplit, gib
+from .theta import LOW_PRECISION
+
+
+def nbytes(t: torch.Tensor, dtype: torch.dtype | None = None) -> int:
+    return t.nelement() * (torch.empty((), dtype=dtype).element_size() if dtype else t.element_size())
+
+
+def surface_needs(model: nn.Module, directions, splits: dict, device, *, dir_type: str = "weights", select=None,
+                  points_per_pass: int = 1, batch_size: int = 512) -> dict[str, int]:
+    """{what: bytes} a surface evaluator will allocate on `device` (see the module's docstring)."""
+    device = torch.device(device)
+    targets = list(target_tensors(model, dir_type, select).values())
+    need = {}
+    tensors = list(model.parameters()) + list(model.buffers())
+    if any(t.device != device for t in tensors):
+        need["the model"] = sum(nbytes(t) for t in tensors)
+    need["θ*"] = sum(nbytes(t) for t in targets)
+    per = sum(nbytes(t, torch.float32 if t.dtype in LOW_PRECISION else None) for t in targets)
+    if directions:
+        need[f"{len(directions)} direction(s)"] = len(directions) * per
+    if points_per_pass > 1:
+        need[f"{points_per_pass} points per pass"] = points_per_pass * sum(nbytes(t) for t in targets)
+    streamed = [s for s in splits.values() if isinstance(s, StreamedSplit)]
+    if streamed:
+        need["streamed batches"] = 2 * batch_size * max(s.example_bytes for s in streamed)
+    return need
+
+
+def check_fits(need: dict[str, int], budget: int, device, sharing: int = 1) -> None:
+    """A UserError, before any work, when `need` is more than `budget` (this rank's share of the device)."""
+    total = sum(need.values())
+    if total <= budget:
+        return
+    parts = ", ".join(f"{k} {gib(v)}" for k, v in need.items())
+    fixes = []
+    if any(k.endswith("points per pass") for k in need):
+        fixes.append("lower --points_per_pass")
+    fixes += ["hold the weights in bf16 (--dtype bf16)", f"run fewer ranks per {'GPU' if device.type == 'cuda' else 'node'}"]
+    raise UserError(f"the surface needs {gib(total)} on {device} ({parts}) but this rank may use {gib(budget)} "
+                    f"({sharing} rank(s) share the device's free memory): {', or '.join(fixes)}")
