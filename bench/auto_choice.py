@@ -70,14 +70,14 @@ def main():
     for name in args.models.split(","):
         spec = MODELS[name]
         job = [*spec["args"], f"--x=-1:1:{spec['side']}", f"--y=-1:1:{spec['side']}", "--splits", "train",
-               "--no-plot", "--no-progress", "--force"]
+               "--no-plot", "--no-progress"]
         if "images" in spec:
             write_cifar(work / name, spec["images"], 16)
             job += ["--data_dir", str(work / name)]
         runs, reference_loss = [], None
         for flagged in spec["sets"]:
             for label, flags in (("default", []), (flagged, SETS[flagged])):
-                surf = work / f"{name}_{label}.h5"
+                surf = work / f"{name}_{len(runs)}_{label}.h5"  # a new file each run: nothing resumed
                 cmd = ["mpirun", "-n", str(args.ranks), PY, "-m", "landscape", "surface", *job,
                        "--surf_file", str(surf), *flags]
                 seconds, text = run(cmd, env)

@@ -418,6 +418,7 @@ def map_inputs(path: Path, *, stride: int, subset: int, threads: int, device: st
         engine.on_all(comm, checkpoint_here)
         job = dataclasses.replace(job, splits=["train"], threads=int(threads), device=device)
         model, splits, dev = load_inputs(job, comm)
+        job = dataclasses.replace(job, task=resolve_task(model, job.task))
         data = subset_of(splits["train"], int(subset), "random", "train")
         directions = [{k: torch.from_numpy(v) for k, v in d.items()} for d in stored.directions[: grid.ndim]]
         if len(directions) < grid.ndim:

@@ -237,8 +237,10 @@ def read_run_options(path: str | Path) -> dict:
 def record_run_options(path: str | Path, options: dict) -> None:
     """The options of the run now starting (how it evaluates, not what: never part of the job), as
     the JSON attribute `run_options`; rank 0, before the run opens the file."""
-    with open_for_writing(path) as f:
-        f.attrs["run_options"] = json.dumps(options, sort_keys=True)
+    text = json.dumps(options, sort_keys=True)
+    if read_run_options(path) != json.loads(text):  # a rerun as before leaves the file as it was
+        with open_for_writing(path) as f:
+            f.attrs["run_options"] = text
 
 
 def _plain(v):
