@@ -212,7 +212,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                 return engine.on_all(comm, lambda: chosen.evaluator(model, splits, directions, device, sharing=sharing,
                                                                     points_per_pass=k, group=group))
 
-            left = grid.size if surf_file is None else engine.on_root(comm, lambda: surface_file.points_left(surf_file,
+            left = grid.size if surf_file is None or job.force else engine.on_root(comm, lambda: surface_file.points_left(surf_file,
                                                                                                              grid.size))
             evaluation, evaluator, choice = tuning.tune(
                 evaluation, evaluator, build, channels_last=job.channels_last, compile=job.compile,
