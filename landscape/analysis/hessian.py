@@ -205,6 +205,48 @@ def start_vector(n: int, device, seed: int = START_SEED) -> torch.Tensor:
     return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
 
 
+@dataclass(frozen=True)
+class LanczosStep:
+    """Step j of `lanczos_steps`: the basis Q_j and products W_j so far (rows), the Ritz values θ
+    (ascending) and vectors S of T_j, β_j; θ None when the product was not finite."""
+
+    j: int
+    Q: torch.Tensor
+    W: torch.Tensor
+    theta: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    beta: float = 0.0
+
+    def residuals(self, s: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """‖W_j s − θ Q_j s‖ of the Ritz pairs (θ, columns of s): an eigenvalue lies within each."""
+        s = s.to(self.Q)
+        return (self.W.T @ s - (self.Q.T @ s) * theta.to(self.Q)).norm(dim=0)
+
+
+def lanczos_steps(op, v0: torch.Tensor, m: int):
+    """Lanczos with full reorthogonalization (see `lanczos`) from v0, at most m products: yields a
+    LanczosStep after each product; the caller stops iterating when it has what it wants."""
+    n = v0.numel()
+    Q, W = v0.new_zeros(m, n), v0.new_zeros(m, n)
+    alpha, beta = np.zeros(m), np.zeros(m)
+    q = v0 / v0.norm()
+    for j in range(m):
+        Q[j] = q
+        w = op(q)
+        if not bool(torch.isfinite(w).all()):
+            yield LanczosStep(j, Q[: j + 1], W[: j + 1])
+            return
+        W[j] = w
+        Qj = Q[: j + 1]
+        r = w - Qj.T @ (Qj @ w)
+        r -= Qj.T @ (Qj @ r)
+        alpha[j], beta[j] = float(q @ w), float(r.norm())
+        a, b = torch.from_numpy(alpha[: j + 1]), torch.from_numpy(beta[:j])
+        theta, S = torch.linalg.eigh(torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1))  # on the CPU, tiny
+        yield LanczosStep(j, Qj, W[: j + 1], theta, S, float(beta[j]))
+        q = r / beta[j]
+
+
 def lanczos(hvp, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100, atol: float = ATOL) -> EigResult:
     """Largest and smallest eigenvalue of the symmetric operator `hvp` in one Lanczos run.
 
@@ -221,34 +263,19 @@ def lanczos(hvp, v0: torch.Tensor, *, tol: float = 1e-3, max_iter: int = 100, at
         raise UserError(f"tol={tol} must be positive, e.g. 1e-3")
     if max_iter < 1:
         raise UserError(f"max_iter={max_iter} must be at least 1")
-    v0 = v0.to(torch.float64)
-    n = v0.numel()
-    m = min(int(max_iter), n)
-    Q = v0.new_zeros(m, n)
-    W = v0.new_zeros(m, n)
-    alpha, beta = np.zeros(m), np.zeros(m)
-    q = v0 / v0.norm()
-    for j in range(m):
-        Q[j] = q
-        w = hvp(q)
-        if not bool(torch.isfinite(w).all()):
+    theta = res = [math.nan, math.nan]
+    converged, j = False, 0
+    for step in lanczos_steps(hvp, v0.to(torch.float64), min(int(max_iter), v0.numel())):
+        j = step.j
+        if step.theta is None:
             return EigResult.nan(j + 1)
-        W[j] = w
-        Qj, Wj = Q[: j + 1], W[: j + 1]
-        r = w - Qj.T @ (Qj @ w)
-        r -= Qj.T @ (Qj @ r)
-        alpha[j], beta[j] = float(q @ w), float(r.norm())
-        a, b = torch.from_numpy(alpha[: j + 1]), torch.from_numpy(beta[:j])
-        theta, S = torch.linalg.eigh(torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1))  # on the CPU, tiny
-        theta = theta[[-1, 0]]  # θ_max, θ_min
-        ends = S[:, [-1, 0]].to(Q)
-        res = (Wj.T @ ends - (Qj.T @ ends) * theta.to(Q)).norm(dim=0).tolist()
+        theta, ends = step.theta[[-1, 0]], step.S[:, [-1, 0]]  # θ_max, θ_min
+        res = step.residuals(ends, theta).tolist()
         theta = theta.tolist()
         scale = max(abs(theta[0]), abs(theta[1]))
         converged = all(e <= tol * abs(t) + atol * scale for e, t in zip(res, theta))
-        if converged or beta[j] <= 1e-14 * max(scale, 1e-300):
+        if converged or step.beta <= 1e-14 * max(scale, 1e-300):
             break
-        q = r / beta[j]
     return EigResult(theta[0], theta[1], res[0], res[1], j + 1, bool(converged))
 
 

@@ -102,7 +102,7 @@ def eigenpairs(op, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-3, 
                atol: float = ATOL, seed: int = EIG_SEED, device="cpu", vectors: bool = False) -> Eigenpairs:
     """The `top` largest and `bottom` smallest eigenpairs of the symmetric operator `op` (see the
     module docstring: Lanczos with full reorthogonalization, explicit residuals)."""
-    from .hessian import start_vector
+    from .hessian import lanczos_steps, start_vector
 
     want = int(top) + int(bottom)
     if want < 1:
@@ -114,36 +114,23 @@ def eigenpairs(op, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-3, 
     m = min(int(max_iter), n)
     if m < want:
         raise UserError(f"--max_iter {max_iter} is below the {want} eigenvalues asked: raise --max_iter to at least {want}")
-    v0 = start_vector(n, device, seed)
-    Q, W = v0.new_zeros(m, n), v0.new_zeros(m, n)
-    alpha, beta = np.zeros(m), np.zeros(m)
-    q = v0 / v0.norm()
     values = res = ends = None
-    converged = False
-    for j in range(m):
-        Q[j] = q
-        w = op(q)
-        if not bool(torch.isfinite(w).all()):
-            return Eigenpairs.nan(want, j + 1)
-        W[j] = w
-        Qj, Wj = Q[: j + 1], W[: j + 1]
-        r = w - Qj.T @ (Qj @ w)
-        r -= Qj.T @ (Qj @ r)
-        alpha[j], beta[j] = float(q @ w), float(r.norm())
-        a, b = torch.from_numpy(alpha[: j + 1]), torch.from_numpy(beta[:j])
-        theta, S = torch.linalg.eigh(torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1))
-        size = j + 1
+    converged, step = False, None
+    for step in lanczos_steps(op, start_vector(n, device, seed), m):
+        if step.theta is None:
+            return Eigenpairs.nan(want, step.j + 1)
+        theta, size = step.theta, step.j + 1
         idx = list(range(size - 1, max(size - 1 - top, -1), -1))  # largest first
         idx += [i for i in range(min(bottom, size)) if i not in idx]  # then the smallest
-        ends = S[:, idx].to(Q)
+        ends = step.S[:, idx].to(step.Q)
         values = theta[idx].numpy()
-        res = (Wj.T @ ends - (Qj.T @ ends) * torch.from_numpy(values).to(Q)).norm(dim=0).cpu().numpy()
+        res = step.residuals(ends, torch.from_numpy(values)).cpu().numpy()
         scale = float(np.abs(theta.numpy()).max())
         converged = len(idx) == want and bool(np.all(res <= tol * np.abs(values) + atol * scale))
-        if converged or beta[j] <= 1e-14 * max(scale, 1e-300):
+        if converged or step.beta <= 1e-14 * max(scale, 1e-300):
             break
-        q = r / beta[j]
-    vecs = (Q[: j + 1].T @ ends).T.contiguous() if vectors else None
+    j = step.j
+    vecs = (step.Q.T @ ends).T.contiguous() if vectors else None
     values, res = np.asarray(values, float), np.asarray(res, float)
     if len(values) < want:  # an invariant subspace smaller than asked (a tiny operator)
         values, res = np.pad(values, (0, want - len(values)), constant_values=np.nan), \
