@@ -54,7 +54,8 @@ FLAGS = {"default": [],  # the hand-picked sets pin every choice, so those runs 
          "channels_last": ["--channels_last", "--no-compile", "--points_per_pass", "1"],
          "compile_channels_last": ["--compile", "--channels_last", "--points_per_pass", "1"],
          "points_per_pass_4": ["--points_per_pass", "4", "--no-channels_last", "--no-compile"],
-         "plain": ["--no-channels_last", "--no-compile", "--points_per_pass", "1"]}
+         "channels_last_no_fold": ["--channels_last", "--no-compile", "--points_per_pass", "1", "--no-fold_bn"],
+         "plain": ["--no-channels_last", "--no-compile", "--points_per_pass", "1", "--no-fold_bn"]}
 DIRECTIONS = ["--xnorm", "filter", "--xignore", "biasbn", "--ynorm", "filter", "--yignore", "biasbn"]
 
 

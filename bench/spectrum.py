@@ -13,6 +13,11 @@
 
     pip install --no-deps --target /tmp/pyh pyhessian==0.1       # PyHessian, outside the venv
     .venv/bin/python bench/spectrum.py --pyhessian /tmp/pyh       # writes bench/results/spectrum.json
+
+3. `--topk-basis`: products of the top-k (k = 1, 3, 5, 10; tol 1e-3 and 1e-6) with the basis
+   unbounded (basis 1000 ≥ the products: never restarted, the Krylov space of the former
+   unrestarted solver), the default bounded basis max(2k + 1, 20), the smallest 2k + 1, and
+   blocks of 2; writes bench/results/spectrum_topk.json.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from landscape.analysis.spectrum import (
     TopKEvaluator,
     TraceEvaluator,
     eigenpairs,
+    eigenpairs_bytes,
     rademacher,
     slq,
     t_quantile,
@@ -51,14 +57,34 @@ def ce(z, y):
     return summed_loss("crossentropy", z, y)
 
 
-def demo_model(dtype=torch.float32):
-    if not CKPT.is_file():
+def demo_model(dtype=torch.float32, ckpt: Path = CKPT):
+    if not ckpt.is_file():
         from landscape.core.train import train
 
-        train(model="digits_cnn", out_dir=str(CKPT.parent), epochs=10, seed=0)
+        train(model="digits_cnn", out_dir=str(ckpt.parent), epochs=10, seed=0)
     model = build_model("digits_cnn")
-    load_checkpoint(model, CKPT)
+    load_checkpoint(model, ckpt)
     return model.to(dtype).eval()
+
+
+def topk_basis(model, data):
+    """Products, restarts and memory of the top-k with an unbounded, the default, the smallest basis and blocks of 2."""
+    op = HessianVectorProduct(model, data.inputs, data.labels, ce)
+    op.prepare()
+    rows = []
+    for tol in (1e-3, 1e-6):
+        for k in (1, 3, 5, 10):
+            row = {"k": k, "tol": tol}
+            for name, kw in (("unbounded", {"basis": 1000}), ("default", {}), ("smallest", {"basis": 2 * k + 1}),
+                             ("block2", {"block": 2})):
+                t0 = time.perf_counter()
+                e = eigenpairs(op, op.n, top=k, tol=tol, max_iter=1000, **kw)
+                row[name] = {"n_hvp": e.n_hvp, "restarts": e.restarts, "converged": e.converged,
+                             "seconds": time.perf_counter() - t0, "values": e.values.tolist(),
+                             "bytes": eigenpairs_bytes(op.n, k, **kw)}
+            print(json.dumps({"k": k, "tol": tol, **{n: row[n]["n_hvp"] for n in row if isinstance(row[n], dict)}}))
+            rows.append(row)
+    return rows
 
 
 def maps(model, data, points):
@@ -159,10 +185,21 @@ def main():
     p.add_argument("--subset", type=int, default=512)
     p.add_argument("--points", default="0,0;0.5,0;0.5,0.5;1,-1")
     p.add_argument("--pyhessian", default=None, help="folder holding the pyhessian package")
+    p.add_argument("--checkpoint", type=Path, default=CKPT, help="the demo checkpoint (trained there when missing)")
+    p.add_argument("--topk-basis", action="store_true", help="only the top-k basis table (spectrum_topk.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = demo_model()
+    model = demo_model(ckpt=args.checkpoint)
     data = take_subset(load_dataset("digits")["train"], args.subset)
+    if args.topk_basis:
+        out = {"model": "digits_cnn", "checkpoint": args.checkpoint.name, "subset": len(data),
+               "params": sum(p.numel() for p in model.parameters()), "threads": args.threads,
+               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+               "rows": topk_basis(model, data)}
+        dest = ROOT / "bench/results/spectrum_topk.json"
+        dest.write_text(json.dumps(out, indent=1))
+        print(f"wrote {dest}")
+        return
     out = {"model": "digits_cnn", "checkpoint": str(CKPT.relative_to(ROOT)), "subset": len(data),
            "params": sum(p.numel() for p in model.parameters()), "threads": args.threads,
            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}"}

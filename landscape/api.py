@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import __version__, engine, options
+from .analysis import ensemble as ensemble_stats
 from .analysis.hessian import (
     ATOL,
     START_SEED,
@@ -30,6 +31,7 @@ from .analysis.hessian import (
     hessian_parameters,
     memory_budget,
     plan_memory,
+    plan_vectors,
     sub_grid,
     unconverged,
 )
@@ -48,8 +50,9 @@ from .core.directions import (
     target_tensors,
     tensor_layouts,
 )
+from .core.ensemble import EnsembleEvaluator, member_directions, member_seed
 from .core.evaluate import Evaluation
-from .core.grid import Grid
+from .core.grid import EnsembleGrid, Grid
 from .core.importpath import check_loss, is_import_path
 from .core.memory import check_fits, surface_needs
 from .core.models import (
@@ -71,14 +74,17 @@ from .errors import SharedUserError, UserError
 from .io import reference, surface_file
 
 #: compute_surface's keyword options: the job options that do not name files of a CLI job
-SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "params", "exclude", "task",
+SURFACE_OPTIONS = ("x", "y", "dir_type", "xnorm", "ynorm", "xignore", "yignore", "seed", "ensemble", "member",
+                   "store_directions", "epsilons", "params", "exclude", "task",
                    "loss_name", "batch_size", "ranks_per_point", "data_in_memory",
-                   "points_per_pass", "precision", "compile", "channels_last", "chunk", "write", "force", "progress")
+                   "points_per_pass", "precision", "compile", "channels_last", "fold_bn", "chunk", "write", "force",
+                   "progress")
 
 
 @dataclass(frozen=True)
 class SurfaceResult:
-    """The arrays of a surface file: values[metric] has shape (len(y), len(x)) or (len(x),)."""
+    """The arrays of a surface file: values[metric] has shape (len(y), len(x)) or (len(x),); of a
+    direction ensemble, values['ensemble/<split>/<metric>'] and the mask have a leading member axis."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -152,13 +158,17 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     device = device_of(model) if device is None else torch.device(device)
     axes = [a for a in job.axes() if a is not None]
     grid = Grid(axes[0].coordinates(), axes[1].coordinates() if len(axes) > 1 else None)
+    members = job.ensemble or 0  # a direction ensemble (core.ensemble): 0 for one plane
     splits = as_splits(data, Holding(job.data_in_memory, ranks_per_device(comm, torch.device("cpu"))))  # collective
     norms, ignores = (job.xnorm, job.ynorm or job.xnorm), (job.xignore, job.yignore or job.xignore)
     select = Selection.of(job.params, job.exclude)
     if directions is None:
-        directions = random_directions(model, seed=job.seed, dir_type=job.dir_type, ndim=grid.ndim, norms=norms,
-                                       ignores=ignores, select=select)
-        source = {"seed": job.seed, "norm": list(norms[: grid.ndim]), "ignore": list(ignores[: grid.ndim])}
+        directions = random_directions(model, seed=member_seed(job.seed, job.member), dir_type=job.dir_type,
+                                       ndim=grid.ndim, norms=norms, ignores=ignores, select=select)
+        source = {"seed": job.seed, "norm": list(norms[: grid.ndim]), "ignore": list(ignores[: grid.ndim]),
+                  **({"member": job.member} if job.member else {})}
+    elif members:
+        raise UserError("--ensemble draws its members' directions from --seed: leave out the given directions")
     else:
         directions = [{k: torch.as_tensor(v) for k, v in d.items()} for d in directions[: grid.ndim]]
         if len(directions) < grid.ndim:
@@ -169,10 +179,15 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     first = {} if surf_file is None or job.force else engine.on_root(
         comm, lambda: surface_file.read_run_options(surf_file).get("evaluation", {}))
     automatic = {"channels_last": job.channels_last is None, "compile": job.compile is None,
-                 "points_per_pass": job.points_per_pass == 0}
+                 "points_per_pass": job.points_per_pass == 0, "fold_bn": job.fold_bn is None}
+    if first and "fold_bn" not in first:  # a file begun before BN folding existed goes on unfolded
+        first = {**first, "fold_bn": False}
     job = dataclasses.replace(job, **{k: first[k] for k, auto in automatic.items() if auto and k in first})
     evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
-                            precision=job.precision, compile=bool(job.compile), channels_last=bool(job.channels_last),
+                            precision=job.precision, compile=bool(job.compile),
+                            channels_last=(tuning.default_layout(model, splits, device) if job.channels_last is None
+                                           else job.channels_last),
+                            fold_bn=own_model(model) if job.fold_bn is None else job.fold_bn,
                             bn_calibration=bn_calibration, select=select)
     snapshot = Snapshot(model)  # the model is left as it was; the evaluator moves it and sets eval mode
     if job.task == "classification" and not is_import_path(job.loss_name):  # class indices below the outputs
@@ -202,6 +217,9 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         snapshot.restore()
         raise
     notes = [f"split {name!r}: {s.note}" for name, s in whole.items() if s.note]  # held or streamed, and why
+    if evaluator.folded:
+        notes.append(f"batch norm folded into the convolution before it: {evaluator.folded} pair(s) (--no-fold_bn "
+                     "keeps them apart)")
     run_options = {"ranks_per_point": group.size, "ranks": comm.size,
                    "evaluation": {"channels_last": evaluation.channels_last, "compile": evaluation.compile,
                                   "points_per_pass": max(job.points_per_pass, 1)}}
@@ -219,10 +237,15 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                 points_per_pass=job.points_per_pass, points_left=left, groups=comm.size // group.size, comm=comm)
             notes.append(choice.note)
             run_options["evaluation"] = choice.record()
+        run_options["evaluation"]["fold_bn"] = bool(evaluator.folded)  # what was folded: kept on resume
     except BaseException:
         evaluator.restore()
         snapshot.restore()
         raise
+    mask = surface_file.MASK
+    if members:  # every member's points through the same evaluator, its directions drawn when its points come
+        evaluator = EnsembleEvaluator(evaluator, seed=job.seed, norms=norms[: grid.ndim], ignores=ignores[: grid.ndim])
+        grid, mask = EnsembleGrid(members, grid), surface_file.ENSEMBLE_MASK
     tmpdir = None
     if surf_file is None:
         tmpdir = engine.on_root(comm, lambda: tempfile.mkdtemp(prefix="landscape-"))
@@ -242,6 +265,8 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     }
     if bn_calibration is not None or batch_statistics(model):  # then the values depend on the batches
         identity["batch_size"] = job.batch_size
+    if members:
+        identity["ensemble"] = {"members": members}
 
     def prepare():
         stored = stored_data_fingerprints(path, job.force)  # an older file's token-data fingerprints still resume
@@ -249,8 +274,10 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                         data_fingerprint={k: accepted_fingerprint(s, stored.get(k)) for k, s in whole.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(job.seed), **(attrs or {})}
-        done = surface_file.prepare(path, grid, evaluator.metrics, identity, directions=as_arrays(directions),
-                                    attrs=meta, extra=extra, force=job.force)
+        kept = stored_members(model, job, members, norms, ignores, select) if job.store_directions else {}
+        done = surface_file.prepare(path, grid, evaluator.metrics, identity, mask=mask,
+                                    directions=as_arrays(directions), attrs=meta, extra={**(extra or {}), **kept},
+                                    force=job.force)
         surface_file.record_run_options(path, run_options)
         return done
 
@@ -259,19 +286,54 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
 
     def run(done):
         return engine.run(evaluator, grid, path, done, comm=comm, chunk=job.chunk, progress=job.progress, group=group,
-                          parallel_write=parallel)
+                          parallel_write=parallel, mask=mask)
 
     try:
         summary = engine.locked_run(comm, path, prepare, run)
     finally:
         evaluator.restore()
         snapshot.restore()
-    values, mask = engine.on_root(comm, lambda: surface_file.read_values(path, evaluator.metrics))
+    values, done = engine.on_root(comm, lambda: surface_file.read_values(path, evaluator.metrics, mask))
+    if members and done.all():  # the ensemble's statistics, in the file once it is complete
+        engine.on_root(comm, lambda: write_ensemble_results(path, grid, values, job))
     if tmpdir is not None and comm.rank == 0:
         path.unlink()
         os.rmdir(tmpdir)
-    return SurfaceResult(grid.x, grid.y, values, mask, directions, None if tmpdir else str(path), summary,
+    return SurfaceResult(grid.x, grid.y, values, done, directions, None if tmpdir else str(path), summary,
                          tuple(notes), evaluation)
+
+
+def own_model(model: nn.Module) -> bool:
+    """One of landscape's own models (core.models, core.zoo), whose forward torch.fx traces exactly: BN is folded
+    into them by default. A user's model is traced only when asked (--fold_bn): tracing runs its forward once,
+    symbolically, so Python side effects and branches on non-tensor values are fixed at that moment."""
+    return type(model).__module__.startswith("landscape.")
+
+
+def stored_members(model: nn.Module, job: options.Job, members: int, norms, ignores, select) -> dict:
+    """--store_directions: every member's directions, as datasets ensemble/directions/<m>/<axis>/<name>
+    (members · ndim · |θ| floats in the file; drawn here, on rank 0, before any point)."""
+    ndim = 2 if job.y else 1
+    tensors = target_tensors(model, job.dir_type, select)
+    return {f"{surface_file.ENSEMBLE}/directions/{m}/{axis}/{name}": t.numpy()
+            for m in range(members)
+            for axis, d in zip("xy", member_directions(tensors, seed=job.seed, member=m, ndim=ndim, norms=norms,
+                                                       ignores=ignores))
+            for name, t in d.items()}
+
+
+def write_ensemble_results(path: Path, grid: EnsembleGrid, values: dict, job: options.Job) -> None:
+    """The statistics of a complete ensemble (analysis.ensemble) into its file."""
+    by_split: dict = {}
+    for name, v in values.items():  # ensemble/<split>/<metric>
+        _, split, metric = name.split("/", 2)
+        by_split.setdefault(split, {})[metric] = v
+    epsilons = options.epsilon_values(job.epsilons)
+    arrays = ensemble_stats.results(grid.x, grid.y, by_split, epsilons)
+    surface_file.write_ensemble_results(path, arrays, {
+        "members": grid.members, "seed": int(job.seed), "epsilons": epsilons,
+        "quantiles": list(ensemble_stats.QUANTILES), "member_seeds": "member 0: seed; member m: core.ensemble.member_seed",
+        "statistics": ensemble_stats.DEFINITIONS})
 
 
 def stored_data_fingerprints(path: Path, force: bool = False) -> dict:
@@ -382,7 +444,7 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
 
     def directions_of_job() -> ModelDirections:
         train = splits.get("train", next(iter(splits.values())))
-        found = job_eigen_directions(job, model, train, earlier) or job_directions(job, model)
+        found = job_eigen_directions(job, model, train, earlier, comm) or job_directions(job, model)
         if found is None:
             stored = surface_file.read_directions(job.dir_file) if job.dir_file else None
             found = ModelDirections(stored, job.x, job.y, {}, None)
@@ -400,18 +462,23 @@ def surface_job(job: options.Job, comm=None) -> SurfaceResult:
     return result
 
 
-def map_inputs(path: Path, *, stride: int, subset: int, threads: int, device: str, comm, check=None) -> HessianInputs:
+def map_inputs(path: Path, *, stride: int, subset: int, threads: int, device: str, comm, check=None,
+               ensemble_ok: bool = False) -> HessianInputs:
     """Model, θ*, data and directions of a surface file, rebuilt on every rank and checked against the file's
-    fingerprints (`check()`: the caller's own option checks, run first; a mistake is one line on rank 0)."""
+    fingerprints (`check()`: the caller's own option checks, run first; a mistake is one line on rank 0).
+    `ensemble_ok`: a direction ensemble's file is accepted (for what is computed at θ* alone)."""
 
     def setup():  # the same on every rank
         if check is not None:
             check()
+        if not ensemble_ok and engine.on_root(comm, lambda: surface_file.is_ensemble(path)):
+            raise UserError(f"{str(path)!r} holds a direction ensemble: Hessian maps and spectra take one plane; compute "
+                            "one member alone (--seed S --member M, without --ensemble) and use that file")
         stored = engine.on_root(comm, lambda: surface_file.read_job(path))
         grid = sub_grid(stored.x, stored.y, int(stride))
         job = options.build_job(stored.provenance.config, f"the config stored in {str(path)!r}")
         def checkpoint_here():  # every rank looks on its own node; one missing stops all
-            if job.model_file and not Path(job.model_file).is_file():
+            if job.model_file and not Path(job.model_file).exists():  # a file or an HF checkpoint folder
                 raise UserError(f"the surface's checkpoint {job.model_file!r} (from its stored config) is not found "
                                 f"from {os.getcwd()!r}: run landscape hessian in the folder the surface job ran in")
 
@@ -494,12 +561,16 @@ def run_map(path: Path, h: HessianInputs, evaluator, *, group_name: str, setting
 
 def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1e-3, max_iter: int = 100,
                 batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
-                progress: bool = False, chunk: int = 0, ranks_per_point: int = 1, comm=None) -> HessianResult:
+                progress: bool = False, chunk: int = 0, ranks_per_point: int = 1, params: str | None = None,
+                exclude: str | None = None, comm=None) -> HessianResult:
     """Compute (or resume) the Hessian map of a surface file on every rank of `comm`.
 
     Model, θ*, data and directions are rebuilt from the file (its `config` attr and /directions);
     the map covers every `stride`-th point of each axis and is stored in the file's `hessian`
-    group with its settings as attrs (see README.md, "Hessian maps")."""
+    group with its settings as attrs (see README.md, "Hessian maps"). `params`/`exclude`: globs
+    of the tensors H is taken over (default: the surface's selection)."""
+    from .analysis.spectrum import curvature_selection
+
     comm = comm or engine.world()
     path = Path(surf_file)
 
@@ -514,17 +585,18 @@ def hessian_map(surf_file, *, stride: int = 1, subset: int = 512, tol: float = 1
     h = map_inputs(path, stride=stride, subset=subset, threads=threads, device=device, comm=comm, check=check)
     job, model = h.job, h.model
     select = Selection.of(job.params, job.exclude)
-    params = hessian_parameters(model, select)
-    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=select),
+    curv = curvature_selection(model, select, params, exclude)
+    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=curv),
                 "tol": float(tol), "max_iter": int(max_iter), "start_seed": START_SEED, "atol": ATOL,
                 "solver": "lanczos, full reorthogonalization"}
     sharing = ranks_per_device(comm, h.device)  # collective
-    n = sum(p.numel() for p in params)
+    n = sum(p.numel() for p in hessian_parameters(model, curv))
     memory = engine.on_all(comm, lambda: plan_memory(n, max_iter, memory_budget(h.device, sharing)))  # before any work
     group = engine.rank_groups(comm, ranks_per_point)  # collective
     data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, group)["train"]) if group.size > 1 else h.data
     evaluator = HessianEvaluator(model, data, h.directions, evaluation=map_evaluation(h, select), batch_size=batch_size,
-                                 device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=group)
+                                 device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=group,
+                                 curvature_select=curv)
     summary = run_map(path, h, evaluator, group_name=surface_file.HESSIAN, settings=settings, group=group, force=force,
                       chunk=chunk, progress=progress, comm=comm, attrs={"ratio": surface_file.HESSIAN_RATIO})
     nan = slow = 0
@@ -538,17 +610,31 @@ def curvature_map(surf_file, *, kind: str = "trace", stride: int = 1, subset: in
                   samples: int = 30, estimator: str = "hutchpp", curvature: str = "hessian", tol: float = 1e-3,
                   max_iter: int = 100, batch_size: int = 512, force: bool = False, threads: int = 0,
                   device: str = "auto", progress: bool = False, chunk: int = 0, ranks_per_point: int = 1,
+                  basis: int = 0, start_vectors: int = 1, params: str | None = None, exclude: str | None = None,
                   comm=None) -> HessianResult:
     """Compute (or resume) the trace map (`kind='trace'`: Hutch++ or Hutchinson with `samples`
     products per point, a 95% interval; group `hessian_trace`) or the top-k map (`kind='topk'`:
-    the k largest eigenvalues and residuals, Lanczos to `tol`; group `hessian_topk`) of a surface
+    the k largest eigenvalues and residuals, thick-restart block Lanczos to `tol` with at most `basis`
+    vectors from `start_vectors` start vectors; group `hessian_topk`) of a surface
     file, as `hessian_map` does (same inputs, engine, resume, MPI; see analysis.spectrum).
     `curvature='ggn'`: the generalized Gauss–Newton (= Fisher of softmax cross-entropy) instead of H.
-    `unconverged` of the result: top-k eigenvalues above the stopping rule."""
-    from .analysis.spectrum import CURVATURES, ESTIMATORS, TopKEvaluator, TraceEvaluator, check_ggn
+    `unconverged` of the result: top-k eigenvalues above the stopping rule. `params`/`exclude`:
+    globs of the tensors the curvature is taken over (default: the surface's selection)."""
+    from .analysis.spectrum import (
+        CURVATURES,
+        ESTIMATORS,
+        TopKEvaluator,
+        TraceEvaluator,
+        basis_size,
+        check_ggn,
+        curvature_selection,
+        eigenpairs_bytes,
+        trace_bytes,
+    )
 
     comm = comm or engine.world()
     path = Path(surf_file)
+    block = int(start_vectors)  # block Lanczos: the block size
 
     def check():
         if kind not in ("trace", "topk"):
@@ -562,6 +648,10 @@ def curvature_map(surf_file, *, kind: str = "trace", stride: int = 1, subset: in
                             f"{6 if estimator == 'hutchpp' else 2} (30 is a good start)")
         if kind == "topk" and not (1 <= k <= max_iter):
             raise UserError(f"--k {k} must be between 1 and --max_iter {max_iter}")
+        if kind == "topk" and block < 1:
+            raise UserError(f"--start_vectors {block} must be at least 1 (2 finds doubled eigenvalues)")
+        if kind == "topk" and (basis < 0 or 0 < basis < k + block):
+            raise UserError(f"--basis {basis} must be 0 (automatic) or at least --k + --start_vectors = {k + block}")
         if not tol > 0 or not math.isfinite(tol):
             raise UserError(f"--tol {tol} must be a positive number, e.g. 1e-3")
         if batch_size < 1:
@@ -572,28 +662,37 @@ def curvature_map(surf_file, *, kind: str = "trace", stride: int = 1, subset: in
     if curvature == "ggn":
         check_ggn(resolve_task(model, job.task), job.loss_name)
     select = Selection.of(job.params, job.exclude)
-    n = sum(p.numel() for p in hessian_parameters(model, select))
-    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=select),
+    curv = curvature_selection(model, select, params, exclude)
+    n = sum(p.numel() for p in hessian_parameters(model, curv))
+    settings = {**map_settings(h, stride=stride, subset=subset, batch_size=batch_size, select=curv),
                 "curvature": curvature}
     if kind == "trace":
         settings.update(samples=int(samples), estimator=estimator, trace_seed=1,
                         interval="estimate ± t(0.975, s-1)·sd/sqrt(s) over the s Hutchinson samples")
-        vectors = 2 * max(1, samples // 3)  # Hutch++'s sketch and its products
+        need = trace_bytes(n, samples, estimator)
+        what = f"the trace map's vectors ({n:,} parameters, --samples {samples}, {estimator})"
+        fix = "lower --samples"
     else:
+        m = min(basis_size(k, block, basis), n)
         settings.update(k=int(k), tol=float(tol), max_iter=int(max_iter), start_seed=START_SEED, atol=ATOL,
-                        solver="lanczos, full reorthogonalization")
-        vectors = 2 * max_iter
+                        basis=int(m), start_vectors=int(block),
+                        solver="thick-restart block lanczos, full reorthogonalization")
+        need = eigenpairs_bytes(n, k, block=block, basis=basis)
+        what = (f"the top-k map's Lanczos basis ({n:,} parameters, {m} vectors, blocks of {block}: "
+                "(2·basis + 3·start_vectors)·n float64)")
+        fix = f"lower --basis (at least --k + --start_vectors = {k + block})"
     sharing = ranks_per_device(comm, h.device)  # collective
-    memory = engine.on_all(comm, lambda: plan_memory(n, vectors // 2, memory_budget(h.device, sharing)))
+    memory = engine.on_all(comm, lambda: plan_vectors(need, memory_budget(h.device, sharing), what, fix))
     group = engine.rank_groups(comm, ranks_per_point)  # collective
     data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, group)["train"]) if group.size > 1 else h.data
     common = dict(evaluation=map_evaluation(h, select), batch_size=batch_size, device=h.device, tol=tol,
-                  max_iter=max_iter, memory=memory, group=group, curvature=curvature)
+                  max_iter=max_iter, memory=memory, group=group, curvature=curvature, curvature_select=curv)
     if kind == "trace":
         evaluator = TraceEvaluator(model, data, h.directions, samples=samples, method=estimator,
                                    prefix=surface_file.TRACE_MAP, **common)
     else:
-        evaluator = TopKEvaluator(model, data, h.directions, k=k, prefix=surface_file.TOPK_MAP, **common)
+        evaluator = TopKEvaluator(model, data, h.directions, k=k, prefix=surface_file.TOPK_MAP, basis=basis, block=block,
+                                  **common)
     name = surface_file.TRACE_MAP if kind == "trace" else surface_file.TOPK_MAP
     summary = run_map(path, h, evaluator, group_name=name, settings=settings, group=group, force=force, chunk=chunk,
                       progress=progress, comm=comm)
@@ -624,28 +723,37 @@ def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: i
                  max_iter: int = 100, samples: int = 30, estimator: str = "hutchpp", slq_runs: int = 4,
                  slq_steps: int = 60, sigma: float = 0.01, blocks: str | None = None, curvature: str = "hessian",
                  batch_size: int = 512, force: bool = False, threads: int = 0, device: str = "auto",
+                 basis: int = 0, start_vectors: int = 1, params: str | None = None, exclude: str | None = None,
                  comm=None) -> SpectrumResult:
     """Top-k eigenpairs, trace and SLQ density (and a per-block table with `blocks`: comma-separated
     globs, or `auto`: one block per module) of the curvature at one point of a surface file
     (`point` 'α' or 'α,β' on the surface's axes; default θ*), written to spectrum/<label>.
 
     Every rank of `comm` holds a share of the data (Split.shard) and the products are summed over
-    all of them: one spectrum uses every rank. See analysis.spectrum for the estimators."""
+    all of them: one spectrum uses every rank. See analysis.spectrum for the estimators.
+    `params`/`exclude`: globs of the tensors the curvature is taken over (default: the surface's
+    selection; the point's θ is still the surface's plane)."""
     from .analysis.spectrum import (
         CURVATURES,
         ESTIMATORS,
         SLQ_SEED,
         TRACE_SEED,
         CurvatureEvaluator,
+        basis_size,
         check_ggn,
+        curvature_selection,
         default_blocks,
+        eigenpairs_bytes,
         restricted,
+        slq_bytes,
         spectrum,
+        trace_bytes,
     )
     from .core.selection import globs
 
     comm = comm or engine.world()
     path = Path(surf_file)
+    block = int(start_vectors)  # block Lanczos: the block size
     coords = [0.0] if point is None else None
 
     def check():
@@ -661,11 +769,14 @@ def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: i
                 raise UserError(f"--point {point!r} is not α or α,β (numbers on the surface's axes), e.g. --point 0.5,0") from None
         for name, value, least in (("--k", k, 1), ("--max_iter", max_iter, 1), ("--samples", samples, 2),
                                    ("--slq_runs", slq_runs, 1), ("--slq_steps", slq_steps, 1),
-                                   ("--batch_size", batch_size, 1)):
+                                   ("--batch_size", batch_size, 1), ("--start_vectors", block, 1),
+                                   ("--basis", basis, 0)):
             if value < least:
                 raise UserError(f"{name} {value} must be at least {least}")
         if not tol > 0 or not sigma > 0:
             raise UserError(f"--tol {tol} and --sigma {sigma} must be positive, e.g. 1e-3 and 0.01")
+        if 0 < basis < k + block:
+            raise UserError(f"--basis {basis} must be 0 (automatic) or at least --k + --start_vectors = {k + block}")
 
     h = map_inputs(path, stride=1, subset=subset, threads=threads, device=device, comm=comm, check=check)
     job, model = h.job, h.model
@@ -678,9 +789,10 @@ def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: i
         raise SharedUserError(f"--point {point!r} has {len(coords)} coordinate(s) but the surface is {ndim}D: give "
                               + ("α" if ndim == 1 else "α,β"))
     select = Selection.of(job.params, job.exclude)
+    curv = curvature_selection(model, select, params, exclude)
     block_list = None
     if blocks:
-        block_list = default_blocks(model, select) if blocks == "auto" else list(globs(blocks))
+        block_list = default_blocks(model, curv) if blocks == "auto" else list(globs(blocks))
         names = [n for n, _ in model.named_parameters()]
 
         def check_blocks():
@@ -690,14 +802,19 @@ def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: i
                                     f"{', '.join(names[:3])}): give globs over tensor or module names, or auto")
 
         engine.on_all(comm, check_blocks)
-    n = sum(p.numel() for p in hessian_parameters(model, select))
+    n = sum(p.numel() for p in hessian_parameters(model, curv))
     sharing = ranks_per_device(comm, h.device)  # collective
-    memory = engine.on_all(comm, lambda: plan_memory(n, max(max_iter, slq_steps), memory_budget(h.device, sharing)))
+    need = max(eigenpairs_bytes(n, k, block=block, basis=basis), trace_bytes(n, samples, estimator),
+               slq_bytes(n, slq_steps, slq_runs))
+    what = (f"the spectrum's vectors ({n:,} parameters: the top-k's basis of {min(basis_size(k, block, basis), n)}, "
+            f"--samples {samples}, --slq_steps {slq_steps})")
+    memory = engine.on_all(comm, lambda: plan_vectors(need, memory_budget(h.device, sharing), what,
+                                                      "lower --basis, --samples or --slq_steps"))
     data = engine.on_all(comm, lambda: shares(model, {"train": h.data}, comm)["train"]) if comm.size > 1 else h.data
     evaluation = map_evaluation(h, select)
     evaluator = CurvatureEvaluator(model, data, h.directions, evaluation=evaluation, batch_size=batch_size,
                                    device=h.device, tol=tol, max_iter=max_iter, memory=memory, group=comm,
-                                   curvature=curvature)
+                                   curvature=curvature, curvature_select=curv)
 
     def block_op(selection):  # the same products over the same data, θ restricted to a block
         return restricted(evaluator.hvp, selection)
@@ -705,14 +822,15 @@ def spectrum_job(surf_file, *, point: str | None = None, subset: int = 512, k: i
     try:
         result = engine.on_all(comm, lambda: evaluator.at(np.asarray(coords, float), lambda op: spectrum(
             op, k=k, tol=tol, max_iter=max_iter, samples=samples, method=estimator, runs=slq_runs, steps=slq_steps,
-            sigma=sigma, make_op=block_op, blocks=block_list)))
+            sigma=sigma, make_op=block_op, blocks=block_list, basis=basis, block=block)))
     finally:
         evaluator.restore()
     if result is None:
         raise SharedUserError(f"the loss at --point {point} is not finite: pick a point nearer θ*")
-    settings = {**map_settings(h, stride=1, subset=subset, batch_size=batch_size, select=select),
+    settings = {**map_settings(h, stride=1, subset=subset, batch_size=batch_size, select=curv),
                 "point": list(coords), "curvature": curvature, "k": int(k), "tol": float(tol), "max_iter": int(max_iter),
-                "atol": ATOL, "start_seed": START_SEED, "samples": int(samples), "estimator": estimator,
+                "atol": ATOL, "start_seed": START_SEED, "basis": min(basis_size(k, block, basis), int(result.n)),
+                "start_vectors": int(block), "restarts": int(result.eig.restarts), "samples": int(samples), "estimator": estimator,
                 "trace_method": result.trace.method, "trace_seed": TRACE_SEED, "slq_runs": int(slq_runs),
                 "slq_steps": int(slq_steps), "slq_seed": SLQ_SEED, "sigma": float(sigma), "sigma_abs": result.sigma,
                 "n_params": int(result.n), "loss": result.loss, "converged": bool(result.eig.converged),
@@ -771,3 +889,69 @@ def export_reference(surf_file, out_file, *, model: nn.Module | None = None, dir
     `dir_out` also its directions as a reference direction file. Returns the keys written."""
     layouts = None if model is None else tensor_layouts(model)
     return reference.export_surface(surf_file, out_file, layouts=layouts, dir_out=dir_out, force=force)
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """A sharpness run (analysis.sharpness): the engine's summary and, once every batch is done, the
+    measure (the mean rise over batches; Keskar's in percent) with its per-batch values."""
+
+    path: str
+    measure: str
+    summary: engine.RunSummary
+    value: float = math.nan
+    rises: np.ndarray | None = None
+
+
+def sharpness_job(surf_file, *, measure: str = "sam", rho: float = 0.05, m: int = 128, steps: int = 10,
+                  subset: int = 1024, force: bool = False, threads: int = 0, device: str = "auto",
+                  progress: bool = False, chunk: int = 0, comm=None) -> SharpnessResult:
+    """Compute (or resume) a worst-case sharpness measure at θ* of a surface file (plain or ensemble)
+    on every rank of `comm`: its train subset cut into batches of `m` (0: one batch), one batch a
+    point of the engine, stored in the file's group sharpness/<measure> with its settings."""
+    from .analysis.sharpness import MEASURES, START_SEED, SharpnessEvaluator
+
+    comm = comm or engine.world()
+    path = Path(surf_file)
+
+    def check():
+        if measure not in MEASURES:
+            raise UserError(f"unknown --measure {measure!r}: choose one of {', '.join(MEASURES)}")
+        if not (rho > 0 and math.isfinite(rho)):
+            raise UserError(f"--rho {rho} must be a positive number, e.g. 0.05")
+        if m < 0 or steps < 0:
+            raise UserError(f"--m {m} and --steps {steps} must be >= 0 (--m 0: the whole subset as one batch)")
+
+    h = map_inputs(path, stride=1, subset=subset, threads=threads, device=device, comm=comm, check=check,
+                   ensemble_ok=True)
+    job, model = h.job, h.model
+    if job.bn_recompute:
+        raise SharedUserError(f"{str(path)!r} re-estimates BN statistics at every point (--bn_recompute), which "
+                              "sharpness does not: compute it on a surface without --bn_recompute")
+    select = Selection.of(job.params, job.exclude)
+    group_name = f"{surface_file.SHARPNESS}/{measure}"
+    data = h.data.to(h.device)
+    evaluator = engine.on_all(comm, lambda: SharpnessEvaluator(
+        model, data.inputs, data.labels, measure=measure, rho=rho, m=m, steps=steps, task=job.task,
+        loss_name=job.loss_name, select=select, device=h.device, group=group_name))
+    grid = Grid(np.arange(evaluator.batches(), dtype=float))
+    settings = {**map_settings(h, stride=1, subset=subset, batch_size=m, select=select), "precision": "weights' dtype",
+                "measure": measure,
+                "rho": float(rho), "m": int(m), "steps": int(steps), "start_seed": START_SEED,
+                "definition": sharpness_definition(measure)}
+    h = dataclasses.replace(h, grid=grid)
+    summary = run_map(path, h, evaluator, group_name=group_name, settings=settings, group=None, force=force,
+                      chunk=chunk, progress=progress, comm=comm)
+    if not summary.complete:
+        return SharpnessResult(str(path), measure, summary)
+    values, _ = engine.on_root(comm, lambda: surface_file.read_values(path, [f"{group_name}/rise"], f"{group_name}/mask"))
+    rises = values[f"{group_name}/rise"]
+    return SharpnessResult(str(path), measure, summary, float(np.mean(rises)), rises)
+
+
+def sharpness_definition(measure: str) -> str:
+    """The stored definition of a measure (analysis.sharpness)."""
+    return {"sam": "mean over batches B of max_{||d||_2 <= rho} L_B(theta* + d) - L_B(theta*)",
+            "adaptive": "mean over batches B of max_{||d / |theta*| ||_2 <= rho} L_B(theta* + d) - L_B(theta*)",
+            "keskar": "mean over batches B of 100 (max_{|d_i| <= rho (|theta*_i| + 1)} L_B(theta* + d) - L_B(theta*)) "
+                      "/ (1 + L_B(theta*))"}[measure] + "; projected gradient ascent, `steps` steps from a random start"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Literal, Optional, Union, get_args, get_type_hints
 import yaml
 
 from .core.grid import Axis
-from .errors import UserError
+from .errors import SharedUserError, UserError
 
 DirType = Literal["weights", "states"]
 Norm = Literal["filter", "layer", "weight", "dfilter", "dlayer", "none"]
@@ -36,6 +37,7 @@ SplitName = Literal["train", "test"]
 MapKind = Literal["extremes", "trace", "topk"]
 TraceEstimator = Literal["hutchpp", "hutchinson"]
 CurvatureKind = Literal["hessian", "ggn"]
+SharpnessMeasure = Literal["sam", "adaptive", "keskar"]
 TaskName = Literal["auto", "classification", "regression", "causal_lm"]  # or the user's package.module:function
 
 NORMS, IGNORES, DIR_TYPES = get_args(Norm), get_args(Ignore), get_args(DirType)
@@ -69,9 +71,10 @@ class Job:
                         "(each also `_noshort`), `wrn56_2`, `vgg9`, `densenet121`; `lm_tiny` (the byte-level demo "
                         "Llama, `--task causal_lm`); your own "
                         "`package.module:factory`; or `hf:FOLDER`, a transformers model saved with `save_pretrained` "
-                        "(loaded offline; a sequence classifier with `--task classification`, else a causal LM)", "inputs")
+                        "(loaded offline, with the head its config.json names: a causal LM, a sequence classifier, ...)", "inputs")
     model_file: Optional[str] = option(None, "checkpoint of θ*: a state_dict, `{'state_dict': ...}` / "
-                                       "`{'model': ...}`, `module.` prefixes, a saved model, or a `.safetensors` file; "
+                                       "`{'model': ...}`, `module.` prefixes, a saved model, a `.safetensors` file, or a Hugging Face "
+                                       "checkpoint folder (save_pretrained's, a Trainer's `checkpoint-N/`, sharded too); "
                                        "without it the model is initialized from `--seed`", "inputs")
     dataset: str = option("digits", "`digits`, `cifar10` (needs `--data_dir`); token data in blocks of `--seq_len`: "
                           "`tokens:PATH` (a flat uint16 token file, `.u32.bin`: uint32), `text:PATH` (a UTF-8 text "
@@ -114,6 +117,17 @@ class Job:
                                                      "the grid covers the projected path", "directions")
     seed: int = option(0, "seed of the directions (x drawn first, then y) and of the initialization without "
                        "`--model_file`", "directions")
+    ensemble: Optional[int] = option(None, "a direction ensemble: N random directions (planes with `--y`) from `--seed`, "
+                           "evaluated as one job with a member axis; member 0 is the plain job's direction, member M "
+                           "is `--member M` alone. Statistics over the members (mean, σ, quantiles, basin widths, "
+                           "curvature) in the file once complete (see \"Direction ensembles and sharpness\")", "directions")
+    member: int = option(0, "draw the directions of member M of the ensemble with this `--seed` (0: the plain "
+                         "job's)", "directions")
+    store_directions: bool = option(False, "with `--ensemble`: also store every member's directions in the file "
+                                    "(N·|θ| floats per axis; by default only member 0's are, the others are drawn "
+                                    "again from the seed)", "directions")
+    epsilons: str = option("0.1,0.5,1", "with `--ensemble`: basin widths are where the loss first exceeds "
+                           "L(θ*) + ε, for each ε (comma-separated, > 0)", "directions")
     params: Optional[str] = option(None, "the tensors the directions move, comma-separated globs over their names "
                                    "(`model.layers.0.*`; a module name matches its tensors: `model.layers.0`); the "
                                    "others stay exactly at θ*. Normalization, Hessians and the directions' "
@@ -153,6 +167,13 @@ class Job:
                                      "repay it, kept when measured faster (see \"Fast by default\")", "evaluation")
     channels_last: Optional[bool] = option(None, "channels-last memory format for conv nets (1.27–1.7× faster on "
                                            "CPUs in `bench/`); default: measured at start-up", "evaluation")
+    fold_bn: Optional[bool] = option(None, "fold eval-mode batch norm into the convolution before it, recomputed "
+                                     "at every call (W·s, (b − μ)·s + β with s = γ/√(σ² + ε); 1.2–1.4× faster on "
+                                     "ResNets on CPUs in `bench/`; values within float rounding); default: on for landscape's "
+                                     "own models (off for yours: `--fold_bn` traces its forward with torch.fx once, so "
+                                     "Python side effects in it happen once), never while BN is re-estimated; recorded "
+                                     "as a run option",
+                                     "evaluation")
     surf_file: str = option("out/surface.h5", "the surface file to write or resume; its folder must exist", "run")
     plot: bool = option(True, "draw the figures next to the file once the grid is complete", "run")
     device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda` (one GPU per rank: local rank % GPUs)", "run")
@@ -196,10 +217,17 @@ class HessianJob:
                           "interval (Hutch++, group `hessian_trace`); `topk`: the --k largest eigenvalues (group "
                           "`hessian_topk`)", "hessian")
     k: int = option(3, "`--map topk`: eigenvalues per point", "hessian")
+    basis: int = option(0, "`--map topk`: Lanczos vectors kept (thick restart: memory 2·basis·parameters float64); "
+                        "0: max(2k + start_vectors, 20)", "hessian")
+    start_vectors: int = option(1, "`--map topk`: block Lanczos from this many start vectors: finds an eigenvalue "
+                                "repeated up to that many times (1 finds one copy)", "hessian")
     samples: int = option(30, "`--map trace`: Hessian-vector products per point", "hessian")
     estimator: TraceEstimator = option("hutchpp", "`--map trace`: `hutchpp` (Hutch++) or `hutchinson`", "hessian")
     curvature: CurvatureKind = option("hessian", "`--map trace|topk`: `hessian`, or `ggn` (generalized "
                                       "Gauss–Newton = Fisher of softmax cross-entropy; PSD)", "hessian")
+    params: Optional[str] = option(None, "the tensors the curvature is taken over, comma-separated globs (the others "
+                                   "held fixed: the sub-block); default: the surface's --params selection", "hessian")
+    exclude: Optional[str] = option(None, "globs of tensors to leave out of the curvature's selection", "hessian")
 
 
 @dataclass
@@ -208,9 +236,13 @@ class SpectrumJob:
 
     point: Optional[str] = option(None, "`α` or `α,β` on the surface's axes (default: θ*, the origin)", "hessian")
     subset: int = option(512, "train examples (the same fixed random draw as `landscape hessian`); 0: all", "hessian")
-    k: int = option(5, "top eigenpairs (Lanczos, full reorthogonalization)", "hessian")
+    k: int = option(5, "top eigenpairs (thick-restart Lanczos, full reorthogonalization)", "hessian")
     tol: float = option(1e-3, "each eigenpair: residual ≤ tol·|λ| + 1e-5·max|λ|", "hessian")
     max_iter: int = option(100, "at most this many products for the top-k", "hessian")
+    basis: int = option(0, "Lanczos vectors kept for the top-k (thick restart: memory 2·basis·parameters float64); "
+                        "0: max(2k + start_vectors, 20)", "hessian")
+    start_vectors: int = option(1, "block Lanczos from this many start vectors: finds an eigenvalue repeated up to "
+                                "that many times (1 finds one copy)", "hessian")
     samples: int = option(30, "products of the trace estimate (exact trace for blocks of at most this size)", "hessian")
     estimator: TraceEstimator = option("hutchpp", "`hutchpp` (Hutch++) or `hutchinson`", "hessian")
     slq_runs: int = option(4, "stochastic Lanczos quadrature: random starts", "hessian")
@@ -220,11 +252,31 @@ class SpectrumJob:
                                    "(one block per module)", "hessian")
     curvature: CurvatureKind = option("hessian", "`hessian`, or `ggn` (generalized Gauss–Newton = Fisher of "
                                       "softmax cross-entropy)", "hessian")
+    params: Optional[str] = option(None, "the tensors the curvature is taken over, comma-separated globs (the others "
+                                   "held fixed: the sub-block); default: the surface's --params selection", "hessian")
+    exclude: Optional[str] = option(None, "globs of tensors to leave out of the curvature's selection", "hessian")
     batch_size: int = option(512, "examples per product batch", "hessian")
     force: bool = option(False, "recompute a spectrum already stored at this point", "hessian")
     threads: int = option(0, "torch threads per rank (0: cores per node / ranks)", "hessian")
     device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
     plot: bool = option(True, "draw the density figure", "hessian")
+
+
+@dataclass
+class SharpnessJob:
+    """`landscape sharpness SURFACE.h5`: worst-case sharpness at θ*, batch by batch (analysis.sharpness)."""
+
+    measure: SharpnessMeasure = option("sam", "`sam`: max over ‖δ‖₂ ≤ ρ; `adaptive`: over ‖δ ⊘ |θ*|‖₂ ≤ ρ; "
+                                       "`keskar`: over |δᵢ| ≤ ρ(|θ*ᵢ| + 1), in percent of 1 + L", "hessian")
+    rho: float = option(0.05, "the radius ρ of the perturbation set", "hessian")
+    m: int = option(128, "examples per batch: the mean of the batches' worst-case rises is m-sharpness (0: the "
+                    "whole subset as one batch)", "hessian")
+    steps: int = option(10, "projected gradient-ascent steps per batch, from a random start in the set", "hessian")
+    subset: int = option(1024, "train examples (the same fixed random draw as `landscape hessian`); 0: all", "hessian")
+    force: bool = option(False, "recompute this measure (clears only its group)", "hessian")
+    threads: int = option(0, "torch threads per rank (0: cores per node / ranks)", "hessian")
+    device: DeviceKind = option("auto", "`auto`, `cpu`, `cuda`", "hessian")
+    progress: bool = option(True, "rank 0 prints batches done, batches/s and ETA", "hessian")
 
 
 @dataclass
@@ -356,6 +408,17 @@ def convert(name: str, value, default):
         return None
     if name == "trajectory" and isinstance(value, (list, tuple)):
         return [str(v) for v in value]
+    if name == "epsilons":
+        return ",".join(f"{e:g}" for e in epsilon_values(value))
+    if name == "ensemble":  # None (not given): one plane
+        try:
+            number = int(value) if not isinstance(value, (bool, float)) or float(value).is_integer() else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number < 1:
+            raise UserError(f"--ensemble needs a whole number of directions of at least 1, got {value!r}: e.g. "
+                            "--ensemble 64 (leave it out for one plane)")
+        return number
     if name in ("params", "exclude"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items):
@@ -395,6 +458,18 @@ def convert(name: str, value, default):
     if allowed and value not in allowed and not (name in ("loss_name", "task") and ":" in value):
         raise UserError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
     return value
+
+
+def epsilon_values(value) -> list[float]:
+    """The ε of `--epsilons` (comma-separated or a list), each a finite number > 0."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = [float(v) for v in items]
+    except (TypeError, ValueError):
+        out = []
+    if not out or not all(math.isfinite(e) and e > 0 for e in out):
+        raise UserError(f"--epsilons takes loss rises > 0, comma-separated, e.g. --epsilons 0.1,0.5,1; got {value!r}")
+    return out
 
 
 def read_job_file(path: str) -> dict:
@@ -456,6 +531,15 @@ def refuse_ignored(job: Job, given: set[str]) -> None:
                   "trajectory": "the directions are the checkpoints' PCA directions",
                   "xdir": "the directions are Hessian eigenvectors"}
     source = next((k for k in not_random if getattr(job, k)), None)
+    for key in ("ensemble", "member"):
+        if key in given and source is not None:
+            raise UserError(f"--{key} draws random directions from --seed, but with --{source} {not_random[source]}: "
+                            f"leave out --{key} or --{source}")
+    if "member" in given and job.ensemble:
+        raise UserError("--member evaluates one member of an ensemble alone: leave out --ensemble (or --member)")
+    for key in ("store_directions", "epsilons"):
+        if key in given and not job.ensemble:
+            raise UserError(f"--{key} is for direction ensembles: add --ensemble N or leave out --{key}")
     used = set(RANDOM_OPTIONS) if source is None else set()
     if source == "xdir":
         used = {"xnorm", "ynorm", "xignore", "yignore"}  # how the eigenvectors are scaled
@@ -473,6 +557,21 @@ def refuse_ignored(job: Job, given: set[str]) -> None:
         if key in given and not job.y:
             raise UserError(f"--{key} is for the y direction of a 2D surface: add --y (e.g. --y=-1:1:51) or leave "
                             f"out --{key}")
+
+
+MAP_OPTIONS = {"k": ("topk",), "basis": ("topk",), "start_vectors": ("topk",), "samples": ("trace",),
+               "estimator": ("trace",), "curvature": ("trace", "topk"), "tol": ("extremes", "topk"),
+               "max_iter": ("extremes", "topk")}
+
+
+def refuse_ignored_map(opts: HessianJob) -> None:
+    """Refuse an option of `landscape hessian` set to a non-default value that the chosen --map does
+    not read (a SharedUserError: every rank meets it)."""
+    defaults = HessianJob()
+    for name, maps in MAP_OPTIONS.items():
+        if opts.map not in maps and getattr(opts, name) != getattr(defaults, name):
+            raise SharedUserError(f"--{name} is read only by --map {' or --map '.join(maps)}, not --map {opts.map}: "
+                                  f"leave out --{name} or add --map {maps[0]}")
 
 
 def job_from_args(args: argparse.Namespace) -> Job:

@@ -55,6 +55,8 @@ fi
 # transformers (optional: --model hf:FOLDER, the language-model tests); its requirements take neither
 # torch nor h5py, so the pinned CPU torch and the MPI h5py above stay as they are
 "$VPY" -c "import transformers" 2>/dev/null || pip_install transformers
+# safetensors (a requirement of landscape: .safetensors checkpoints; transformers brings it too)
+"$VPY" -c "import safetensors" 2>/dev/null || pip_install safetensors
 # datasets (optional: --dataset hfdata:FOLDER, its tests): pyarrow, dill, xxhash, multiprocess; no torch, no h5py
 "$VPY" -c "import datasets" 2>/dev/null || pip_install datasets
 # plotly (`landscape report`: its plotly.min.js is embedded in the page) and playwright (the report's

@@ -82,6 +82,16 @@ def plan_memory(n: int, max_iter: int, budget: int) -> int:
     return budget - basis
 
 
+def plan_vectors(need: int, budget: int, what: str, fix: str) -> int:
+    """The bytes left for kept gradient graphs once `what` (`need` bytes of vectors) is held; a
+    UserError before any work when it alone does not fit `budget` (this rank's share of the device)."""
+    if need > budget:
+        gib = 1 << 30
+        raise UserError(f"{what} needs {need / gib:.2f} GiB but this rank may use {budget / gib:.2f} GiB: {fix}, or run "
+                        "fewer ranks per device")
+    return budget - need
+
+
 def hessian_parameters(model: nn.Module, select: Selection | None = None) -> list[nn.Parameter]:
     """The trainable parameters a Hessian is taken over (a tied one once), those of `select` only."""
     named = dict(model.named_parameters(remove_duplicate=False))
@@ -304,10 +314,11 @@ class HessianEvaluator:
 
     def __init__(self, model: nn.Module, split: Split, directions, *, evaluation: Evaluation | None = None,
                  batch_size: int = 512, device="cpu", tol: float = 1e-3, max_iter: int = 100, memory: int | None = None,
-                 group=None):
+                 group=None, curvature_select: Selection | None = None):
         """`evaluation`: how the surface evaluated its points (dir_type, loss, precision, BN
         re-estimation at every point), applied here too; `batch_size`: examples per product batch;
-        `group`: the ranks evaluating each point together, `split` this rank's share of the data."""
+        `group`: the ranks evaluating each point together, `split` this rank's share of the data;
+        `curvature_select`: the parameters H is taken over (default: those the directions move)."""
         evaluation = evaluation or Evaluation()
         device = torch.device(device)
         self.snapshot = Snapshot(model)
@@ -339,7 +350,8 @@ class HessianEvaluator:
             loss_fn = lambda out, i: task.loss(task.output(out), data.labels[i], data.inputs[i])  # noqa: E731
         self.hvp = HessianVectorProduct(self.model, data.inputs, labels, loss_fn, batch_size=batch_size,
                                         memory=memory, autocast=self.autocast, count=count,
-                                        select=evaluation.select, group=group)
+                                        select=evaluation.select if curvature_select is None else curvature_select,
+                                        group=group)
         self.tol, self.max_iter = float(tol), int(max_iter)
 
     def solve(self, coord) -> EigResult:

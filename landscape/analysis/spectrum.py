@@ -6,13 +6,21 @@ Every estimator takes an operator `op` (a callable v ↦ A v on float64 flat vec
 random vectors on the CPU from a seed (the same on every device and rank), so a run whose
 products are summed over MPI ranks (`group=` of the product) takes the same steps on every rank.
 
-- `eigenpairs`: Lanczos with full reorthogonalization (float64) until the k wanted Ritz pairs
-  (θ_i, y_i), largest and/or smallest, each have ‖A y_i − θ_i y_i‖ ≤ tol·|θ_i| + atol·max|θ|
-  (the explicit residual, from the kept products W = A Q: no extra products). For symmetric A
-  an eigenvalue of A lies within the residual r_i of θ_i (Bauer–Fike / Kahan), and the Ritz
-  values interlace, so with a converged run λ_i ∈ [θ_i − r_i, θ_i + r_i]. Not restarted: the
-  basis grows to at most max_iter vectors (2 · max_iter · n float64 kept). A single start
-  vector finds one copy of a repeated eigenvalue.
+- `eigenpairs`: block thick-restart Lanczos (Wu & Simon 2000), float64. The basis V (m rows,
+  m = max(2k + b, 20) by default) grows by blocks of b: X orthonormal to V, W = A X kept, the
+  projection T = Vᵀ A V updated (full reorthogonalization: the next block is A X − V Vᵀ A X);
+  Rayleigh–Ritz T = S diag(θ) Sᵀ gives the Ritz pairs (θ_i, y_i = Vᵀ s_i). Stop when the k
+  wanted pairs (largest and/or smallest) each have ‖A y_i − θ_i y_i‖ ≤ tol·|θ_i| + atol·max|θ|
+  (the explicit residual Wᵀ s_i − θ_i Vᵀ s_i: no extra products), or after max_iter products.
+  When the next block does not fit, restart: keep the wanted Ritz vectors and about half the
+  room nearest them (V ← Sᵀ V, W ← Sᵀ W, T ← diag θ), then continue with the block that was
+  next. Memory: (2m + 3b)·n float64, whatever max_iter. For symmetric A an eigenvalue of A lies
+  within r_i of θ_i (Kahan) and the Ritz values interlace (θ_i ≤ λ_i, the i-th largest), so
+  λ_i ∈ [θ_i − r_i, θ_i + r_i] unless the Krylov space missed an eigenvector above θ_i. A
+  Krylov space of b start vectors holds at most b vectors of any one eigenspace: with b = 1 a
+  repeated eigenvalue is found once and the next distinct one takes the missed copy's rank
+  (with a small residual: the bound is for *an* eigenvalue); a block of
+  b ≥ 2 finds up to b copies (1.2–1.6× the products of b = 1 on the demo CNN: bench/spectrum.py).
 - `trace`: Hutchinson, tr A ≈ (1/m) Σ_j z_jᵀ A z_j with Rademacher z_j (unbiased; variance
   2(‖A‖_F² − Σ_i A_ii²)/m), and Hutch++ (Meyer, Musco, Musco, Woodruff 2021): with m products,
   S, G ∈ {±1}^{n×m/3}, Q = orth(A S), tr A ≈ tr(Qᵀ A Q) + (1/|G|) Σ_j g_jᵀ (I−QQᵀ) A (I−QQᵀ) g_j;
@@ -66,10 +74,15 @@ ESTIMATORS = ("hutchpp", "hutchinson")
 # ---------------------------------------------------------------- random vectors
 
 
-def rademacher(n: int, count: int, seed: int, device="cpu") -> torch.Tensor:
-    """(count, n) float64 entries ±1, drawn on the CPU (the same on every device and rank)."""
+def rademacher_signs(n: int, count: int, seed: int) -> torch.Tensor:
+    """(count, n) int8 entries ±1, drawn on the CPU (the same on every device and rank): 1 byte each."""
     g = torch.Generator().manual_seed(int(seed))
-    return (torch.randint(0, 2, (count, n), generator=g, dtype=torch.int8) * 2 - 1).to(torch.float64).to(device)
+    return torch.randint(0, 2, (count, n), generator=g, dtype=torch.int8) * 2 - 1
+
+
+def rademacher(n: int, count: int, seed: int, device="cpu") -> torch.Tensor:
+    """(count, n) float64 entries ±1 (rademacher_signs as float64 on `device`)."""
+    return rademacher_signs(n, count, seed).to(torch.float64).to(device)
 
 
 def t_quantile(dof: int, p: float = 0.975) -> float:
@@ -85,57 +98,172 @@ def t_quantile(dof: int, p: float = 0.975) -> float:
 class Eigenpairs:
     """Ritz pairs of A: values (largest first, then the smallest, most negative first), residuals
     ‖A y − θ y‖ (an eigenvalue of A lies within each), vectors (unit, rows; None unless asked),
-    n_hvp products, converged (every wanted pair within tol·|θ| + atol·max|θ|)."""
+    n_hvp products, converged (every wanted pair within tol·|θ| + atol·max|θ|), restarts of the basis."""
 
     values: np.ndarray
     residuals: np.ndarray
     vectors: torch.Tensor | None
     n_hvp: int
     converged: bool
+    restarts: int = 0
 
     @classmethod
     def nan(cls, count: int, n_hvp: int = 0) -> Eigenpairs:
         return cls(np.full(count, np.nan), np.full(count, np.nan), None, n_hvp, False)
 
 
-def eigenpairs(op, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-3, max_iter: int = 100,
-               atol: float = ATOL, seed: int = EIG_SEED, device="cpu", vectors: bool = False) -> Eigenpairs:
-    """The `top` largest and `bottom` smallest eigenpairs of the symmetric operator `op` (see the
-    module docstring: Lanczos with full reorthogonalization, explicit residuals)."""
-    from .hessian import lanczos_steps, start_vector
+def basis_size(want: int, block: int = 1, basis: int = 0) -> int:
+    """m, the Ritz basis `eigenpairs` keeps: `basis`, or 0 for max(2·want + block, 20)."""
+    return int(basis) or max(2 * int(want) + int(block), 20)
 
-    want = int(top) + int(bottom)
+
+def eigenpairs_bytes(n: int, want: int, *, block: int = 1, basis: int = 0) -> int:
+    """The memory of `eigenpairs`: the basis V and its products W = A V (m rows each, m ≤ n) and
+    three blocks of b vectors while the next block is formed, float64: (2·m + 3·b) · n · 8 (the
+    Ritz vectors of a restart are formed in place, slice by slice)."""
+    m = min(basis_size(want, block, basis), n)
+    return (2 * m + 3 * int(block)) * n * 8
+
+
+CHUNK = 1 << 18  # columns per slice when Ritz vectors are formed (bounds the temporaries)
+
+
+def _ritz(S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Sᵀ M (rows of M combined), computed in column slices into a new tensor."""
+    out = M.new_empty(S.shape[1], M.shape[1])
+    S = S.to(M)
+    for c in range(0, M.shape[1], CHUNK):
+        out[:, c : c + CHUNK] = S.T @ M[:, c : c + CHUNK]
+    return out
+
+
+def _rotate(S: torch.Tensor, M: torch.Tensor) -> None:
+    """M[:l] ← Sᵀ M[:len(S)] in place (l = S's columns ≤ its rows), column slice by column slice,
+    so a restart needs no second basis."""
+    S, rows = S.to(M), S.shape[0]
+    for c in range(0, M.shape[1], CHUNK):
+        M[: S.shape[1], c : c + CHUNK] = S.T @ M[:rows, c : c + CHUNK]
+
+
+def _residual_norms(S: torch.Tensor, theta: torch.Tensor, V: torch.Tensor, W: torch.Tensor) -> np.ndarray:
+    """‖W s − θ V s‖ for the columns s of S: the explicit residuals of the Ritz pairs (θ, V s)."""
+    S, theta = S.to(V), theta.to(V)
+    sq = torch.zeros(S.shape[1], dtype=torch.float64, device=V.device)
+    for c in range(0, V.shape[1], CHUNK):
+        r = S.T @ W[:, c : c + CHUNK] - theta[:, None] * (S.T @ V[:, c : c + CHUNK])
+        sq += (r * r).sum(1)
+    return sq.sqrt().cpu().numpy()
+
+
+def _orthonormal_block(P: torch.Tensor, V: torch.Tensor, gen: torch.Generator, tiny: float) -> torch.Tensor:
+    """Rows spanning P orthogonalized against the rows of V and each other (Gram–Schmidt, twice);
+    a row whose remainder is ≤ `tiny` (an invariant subspace reached, or a copy lost) is replaced by
+    a random vector orthogonalized the same way, so the block always has len(P) rows."""
+    rows: list[torch.Tensor] = []
+    for p in P:
+        floor = tiny
+        for _ in range(4):
+            for _ in range(2):
+                p = p - V.T @ (V @ p)
+                for q in rows:
+                    p = p - (q @ p) * q
+            if float(p.norm()) > floor:
+                break
+            p = torch.randn(p.numel(), generator=gen, dtype=torch.float64).to(p.device)
+            floor = 1e-10 * float(p.norm())
+        rows.append(p / p.norm())
+    return torch.stack(rows)
+
+
+def _wanted(size: int, top: int, bottom: int) -> list[int]:
+    """Indices into ascending Ritz values: the `top` largest (largest first), then the `bottom` smallest."""
+    idx = list(range(size - 1, max(size - 1 - top, -1), -1))
+    return idx + [i for i in range(min(bottom, size)) if i not in idx]
+
+
+def eigenpairs(op, n: int, *, top: int = 1, bottom: int = 0, tol: float = 1e-3, max_iter: int = 100,
+               atol: float = ATOL, seed: int = EIG_SEED, device="cpu", vectors: bool = False, basis: int = 0,
+               block: int = 1) -> Eigenpairs:
+    """The `top` largest and `bottom` smallest eigenpairs of the symmetric operator `op`: block
+    thick-restart Lanczos (see the module docstring) with a basis of at most m = basis_size
+    vectors, blocks of `block` products, at most `max_iter` products in all."""
+    want, b = int(top) + int(bottom), int(block)
     if want < 1:
         raise UserError("ask for at least one eigenvalue (k >= 1)")
     if want > n:
         raise UserError(f"k={want} eigenvalues asked of an operator of size {n}: choose k <= {n}")
     if not tol > 0:
         raise UserError(f"tol={tol} must be positive, e.g. 1e-3")
-    m = min(int(max_iter), n)
-    if m < want:
+    if b < 1:
+        raise UserError(f"--start_vectors {block} must be at least 1 (2 or more find repeated eigenvalues)")
+    if int(max_iter) < want:
         raise UserError(f"--max_iter {max_iter} is below the {want} eigenvalues asked: raise --max_iter to at least {want}")
-    values = res = ends = None
-    converged, step = False, None
-    for step in lanczos_steps(op, start_vector(n, device, seed), m):
-        if step.theta is None:
-            return Eigenpairs.nan(want, step.j + 1)
-        theta, size = step.theta, step.j + 1
-        idx = list(range(size - 1, max(size - 1 - top, -1), -1))  # largest first
-        idx += [i for i in range(min(bottom, size)) if i not in idx]  # then the smallest
-        ends = step.S[:, idx].to(step.Q)
+    m = min(basis_size(want, b, basis), n)
+    if m < n and m < want + b:
+        raise UserError(f"--basis {basis} holds fewer than the {want} eigenvectors asked plus a block of {b} "
+                        f"(--start_vectors): use --basis {want + b} or more (0: automatic, {basis_size(want, b)})")
+    gen = torch.Generator().manual_seed(int(seed))
+    V = torch.zeros(m, n, dtype=torch.float64, device=device)
+    W = torch.zeros_like(V)
+    T = torch.zeros(m, m, dtype=torch.float64)  # Vᵀ A V on the basis (Rayleigh–Ritz), on the CPU: small
+    X = _orthonormal_block(torch.randn(min(b, n), n, generator=gen, dtype=torch.float64).to(device), V[:0], gen, 0.0)
+    size = used = restarts = 0
+    scale = 0.0  # max |θ| seen so far (≤ ‖A‖: a restart that drops one end keeps the floor of the residuals)
+    values = res = idx = S = None
+    converged = False
+    while True:
+        bx = min(len(X), int(max_iter) - used, m - size)
+        X = X[:bx]
+        for i, x in enumerate(X):
+            w = op(x)
+            used += 1
+            if not bool(torch.isfinite(w).all()):
+                return Eigenpairs.nan(want, used)
+            V[size + i], W[size + i] = x, w
+        X = None  # held in V now
+        new = size + bx
+        C = V[:new] @ W[size:new].T  # (new, bx): Vᵀ A X
+        Cc = C.cpu()
+        T[:new, size:new] = Cc
+        T[size:new, :new] = Cc.T
+        T[size:new, size:new] = (Cc[size:new] + Cc[size:new].T) / 2
+        size = new
+        theta, S = torch.linalg.eigh(T[:size, :size])
+        idx = _wanted(size, top, bottom)
         values = theta[idx].numpy()
-        res = step.residuals(ends, torch.from_numpy(values)).cpu().numpy()
-        scale = float(np.abs(theta.numpy()).max())
+        res = _residual_norms(S[:, idx], theta[idx], V[:size], W[:size])
+        scale = max(scale, float(theta.abs().max()))
         converged = len(idx) == want and bool(np.all(res <= tol * np.abs(values) + atol * scale))
-        if converged or step.beta <= 1e-14 * max(scale, 1e-300):
+        if converged or used >= int(max_iter) or size >= n:
             break
-    j = step.j
-    vecs = (step.Q.T @ ends).T.contiguous() if vectors else None
+        P = W[size - bx : size] - C.T @ V[:size]  # the next block: A X orthogonalized against the basis
+        X = _orthonormal_block(P, V[:size], gen, 1e-12 * max(scale, 1e-300))
+        if size + len(X) > m and m == n:  # the basis may span the whole space: the last block fills it
+            X = X[: m - size]
+        elif size + len(X) > m:  # thick restart (Wu & Simon): keep the wanted Ritz pairs and their neighbours
+            keep = _kept(size, top, bottom, m - len(X))
+            _rotate(S[:, keep], V)
+            _rotate(S[:, keep], W)
+            T.zero_()
+            T[torch.arange(len(keep)), torch.arange(len(keep))] = theta[keep]
+            size, restarts = len(keep), restarts + 1
+    vecs = _ritz(S[:, idx], V[:size]) if vectors else None
     values, res = np.asarray(values, float), np.asarray(res, float)
-    if len(values) < want:  # an invariant subspace smaller than asked (a tiny operator)
+    if len(values) < want:  # fewer Ritz values than asked (a tiny operator)
         values, res = np.pad(values, (0, want - len(values)), constant_values=np.nan), \
             np.pad(res, (0, want - len(res)), constant_values=np.nan)
-    return Eigenpairs(values, res, vecs, j + 1, bool(converged))
+    return Eigenpairs(values, res, vecs, used, bool(converged), restarts)
+
+
+def _kept(size: int, top: int, bottom: int, room: int) -> list[int]:
+    """The Ritz pairs a restart keeps (ascending indices into `size` values): the wanted ones and
+    about half the rest of the room, nearest the wanted end(s) (`room` ≥ top + bottom)."""
+    extra = max(0, room - top - bottom) // 2
+    if top and bottom:
+        up, down = top + extra // 2, bottom + extra - extra // 2
+    else:
+        up, down = top + (extra if top else 0), bottom + (extra if bottom else 0)
+    return sorted(set(range(size - up, size)) | set(range(down)))
 
 
 # ---------------------------------------------------------------- the trace
@@ -185,21 +313,40 @@ def trace(op, n: int, *, samples: int = 30, method: str = "hutchpp", seed: int =
         if not math.isfinite(total):
             return TraceEstimate.nan("exact", n)
         return TraceEstimate(total, total, total, 0.0, n, "exact")
-    z = rademacher(n, samples, seed, device)
+    z = rademacher_signs(n, samples, seed).to(device)  # int8: each row becomes float64 when used (trace_bytes)
     if method == "hutchinson":
-        quad = np.array([float(v @ op(v)) for v in z])
+        quad = np.array([float(v @ op(v)) for v in (row.to(torch.float64) for row in z)])
         return TraceEstimate.nan(method, samples) if not np.isfinite(quad).all() else _interval(0.0, quad, samples, method)
     k = samples // 3
-    g = z[2 * k:]  # the rest are Hutchinson samples of the deflated operator
-    AS = torch.stack([op(v) for v in z[:k]])
+    AS = torch.stack([op(v.to(torch.float64)) for v in z[:k]])
     Qm = torch.linalg.qr(AS.T).Q.T  # (k, n) orthonormal rows
-    AQ = torch.stack([op(v) for v in Qm])
-    base = float((Qm * AQ).sum())
-    proj = g - (g @ Qm.T) @ Qm
-    quad = np.array([float(v @ op(v)) for v in proj])
+    del AS
+    base = float(sum(float(q @ op(q)) for q in Qm))
+    quad = []
+    for g in z[2 * k:]:  # the rest are Hutchinson samples of the deflated operator
+        g = g.to(torch.float64)
+        p = g - (Qm @ g) @ Qm
+        quad.append(float(p @ op(p)))
+    quad = np.array(quad)
     if not (np.isfinite(quad).all() and math.isfinite(base)):
         return TraceEstimate.nan(method, samples)
     return _interval(base, quad, samples, method)
+
+
+def trace_bytes(n: int, samples: int, method: str = "hutchpp") -> int:
+    """The memory of `trace`: the signs (int8, samples·n bytes) and a few vectors; Hutch++ also
+    holds A S, its copy in the QR and Q (3·⌊samples/3⌋·n float64). The exact trace (n ≤ samples):
+    a few vectors."""
+    few = 4 * n * 8
+    if n <= samples:
+        return few
+    return samples * n + few + (3 * (samples // 3) * n * 8 if method == "hutchpp" else 0)
+
+
+def slq_bytes(n: int, steps: int, runs: int = 4) -> int:
+    """The memory of `slq`: the start signs (int8, runs·n bytes), one run's basis (min(steps, n)
+    vectors) and a few more, float64."""
+    return runs * n + (min(int(steps), n) + 4) * n * 8
 
 
 # ---------------------------------------------------------------- the spectral density
@@ -233,8 +380,10 @@ def slq(op, n: int, *, runs: int = 4, steps: int = 60, seed: int = SLQ_SEED, dev
     m = min(int(steps), n)
     nodes, weights = np.full((runs, m), np.nan), np.full((runs, m), np.nan)
     used = 0
-    for r, z in enumerate(rademacher(n, runs, seed, device)):
-        Q = z.new_zeros(m, n)
+    Q = torch.zeros(m, n, dtype=torch.float64, device=device)  # one basis, reused by every run (slq_bytes)
+    for r, z in enumerate(rademacher_signs(n, runs, seed).to(device)):
+        z = z.to(torch.float64)
+        Q.zero_()
         alpha, beta = np.zeros(m), np.zeros(m)
         q = z / math.sqrt(n)
         for j in range(m):
@@ -345,6 +494,23 @@ def restricted(op, select: Selection):
     return out
 
 
+def curvature_selection(model: nn.Module, surface: Selection, params=None, exclude=None) -> Selection:
+    """The parameters a curvature is taken over: the command's --params/--exclude (globs over tensor
+    names, independent of the surface's), else the surface's own selection. A glob that matches no
+    tensor is a SharedUserError (every rank meets it)."""
+    from ..core.directions import alias_groups
+
+    if not params and not exclude:
+        return surface
+    chosen = Selection.of(params, exclude)
+    try:
+        chosen.names(alias_groups(dict(model.named_parameters(remove_duplicate=False))))
+        hessian_parameters(model, chosen)
+    except UserError as exc:
+        raise SharedUserError(str(exc)) from None
+    return chosen
+
+
 def check_ggn(task: str, loss_name: str) -> None:
     """GGN products are built for softmax cross-entropy only (a SharedUserError: every rank meets it)."""
     if task != "classification" or loss_name != "crossentropy":
@@ -380,7 +546,7 @@ class BlockSummary:
 
 
 def block_summary(make_op, blocks: list[str], *, samples: int = 30, method: str = "hutchpp", tol: float = 1e-3,
-                  max_iter: int = 100, device="cpu") -> BlockSummary:
+                  max_iter: int = 100, device="cpu", basis: int = 0, block: int = 1) -> BlockSummary:
     """Top eigenvalue and trace of each block's sub-block of the curvature (`make_op(selection)`
     gives the operator restricted to a Selection: θ outside it held fixed)."""
     numel, lmax, res, tr, ci, used = [], [], [], [], [], 0
@@ -388,7 +554,7 @@ def block_summary(make_op, blocks: list[str], *, samples: int = 30, method: str 
         op = make_op(Selection.of(b))
         op.prepare()
         try:
-            e = eigenpairs(op, op.n, top=1, tol=tol, max_iter=max_iter, device=device)
+            e = eigenpairs(op, op.n, top=1, tol=tol, max_iter=max_iter, device=device, basis=basis, block=block)
             t = trace(op, op.n, samples=samples, method=method, device=device)
         finally:
             op.release()
@@ -422,8 +588,8 @@ class Spectrum:
 
 
 def spectrum(op, *, k: int = 5, tol: float = 1e-3, max_iter: int = 100, samples: int = 30, method: str = "hutchpp",
-             runs: int = 4, steps: int = 60, sigma: float = 0.01, make_op=None, blocks: list[str] | None = None
-             ) -> Spectrum:
+             runs: int = 4, steps: int = 60, sigma: float = 0.01, make_op=None, blocks: list[str] | None = None,
+             basis: int = 0, block: int = 1) -> Spectrum:
     """Top-k eigenpairs, trace and SLQ density of `op` at the model's current θ (op.prepare() is
     called here), and per-block summaries when `blocks` (with `make_op`) are given. NaN where the
     loss is not finite."""
@@ -436,7 +602,7 @@ def spectrum(op, *, k: int = 5, tol: float = 1e-3, max_iter: int = 100, samples:
             return Spectrum(loss, op.n, Eigenpairs.nan(k), TraceEstimate.nan(method), nanslq, np.zeros(0),
                             np.zeros(0), math.nan, None, time.perf_counter() - start)
         t0 = time.perf_counter()
-        eig = eigenpairs(op, op.n, top=k, tol=tol, max_iter=max_iter, device=op.device)
+        eig = eigenpairs(op, op.n, top=k, tol=tol, max_iter=max_iter, device=op.device, basis=basis, block=block)
         t1 = time.perf_counter()
         tr = trace(op, op.n, samples=samples, method=method, device=op.device)
         t2 = time.perf_counter()
@@ -450,7 +616,7 @@ def spectrum(op, *, k: int = 5, tol: float = 1e-3, max_iter: int = 100, samples:
     if blocks:
         t4 = time.perf_counter()
         summary = block_summary(make_op, blocks, samples=samples, method=method, tol=tol, max_iter=max_iter,
-                                device=op.device)
+                                device=op.device, basis=basis, block=block)
         timings["blocks"] = time.perf_counter() - t4
     return Spectrum(loss, op.n, eig, tr, dens, grid, dens.density(grid, width), width, summary,
                     time.perf_counter() - start, timings)
@@ -467,9 +633,9 @@ class CurvatureEvaluator(HessianEvaluator):
         super().__init__(*args, **kw)
         if curvature == "ggn":
             h = self.hvp
+            select = kw.get("curvature_select") or (kw["evaluation"].select if kw.get("evaluation") else None)
             self.hvp = GGNVectorProduct(self.model, h.inputs, h.labels, batch_size=h.batch_size, autocast=h.autocast,
-                                        select=kw["evaluation"].select if kw.get("evaluation") else None,
-                                        group=h.group, output=self.output)
+                                        select=select, group=h.group, output=self.output)
         elif curvature != "hessian":
             raise UserError(f"unknown --curvature {curvature!r}: choose one of {', '.join(CURVATURES)}")
 
@@ -519,16 +685,17 @@ def topk_values(k: int) -> list[str]:
 class TopKEvaluator(CurvatureEvaluator):
     """Per grid point: λ_1 ≥ .. ≥ λ_k (the largest), their residuals, the products (`eigenpairs`)."""
 
-    def __init__(self, *args, k: int = 3, prefix: str = "hessian_topk", **kw):
+    def __init__(self, *args, k: int = 3, prefix: str = "hessian_topk", basis: int = 0, block: int = 1, **kw):
         super().__init__(*args, **kw)
-        self.k = int(k)
+        self.k, self.basis, self.block = int(k), int(basis), int(block)
         self.metrics = [f"{prefix}/{m}" for m in topk_values(self.k)]
 
     def __call__(self, coords: np.ndarray) -> np.ndarray:
         out = np.empty((len(coords), len(self.metrics)))
         for i, coord in enumerate(coords):
             e = self.at(coord, lambda op: eigenpairs(op, op.n, top=self.k, tol=self.tol, max_iter=self.max_iter,
-                                                     device=op.device)) or Eigenpairs.nan(self.k)
+                                                     device=op.device, basis=self.basis, block=self.block)) \
+                or Eigenpairs.nan(self.k)
             out[i] = [*e.values, *e.residuals, e.n_hvp]
         return out
 
@@ -581,7 +748,24 @@ EIGEN_SUBSET = 512  # train examples of the Hessian whose eigenvectors are direc
 EIGEN_TOL, EIGEN_MAX_ITER = 1e-4, 200
 
 
-def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = None):
+def broadcast_directions(comm, directions: list[dict[str, torch.Tensor]], values, residuals):
+    """Rank 0's directions (tensor by tensor, MPI Bcast: no pickle size limit), eigenvalues and
+    residuals on every rank of `comm`, so that every rank uses the identical bits."""
+    if comm is None or comm.size == 1:
+        return directions, values, residuals
+    out = []
+    for d in directions:
+        kept = {}
+        for name, t in d.items():  # the same names in the same order on every rank (the same model)
+            buf = np.ascontiguousarray(t.numpy())
+            comm.Bcast(buf, root=0)
+            kept[name] = torch.from_numpy(buf)
+        out.append(kept)
+    values, residuals = comm.bcast((np.asarray(values, float), np.asarray(residuals, float)), root=0)
+    return out, values, residuals
+
+
+def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = None, comm=None):
     """The directions of a surface job with `--xdir hessian:K [--ydir hessian:J]`, or None without.
 
     The Hessian is that of the job's loss over EIGEN_SUBSET train examples (the fixed random draw
@@ -589,11 +773,15 @@ def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = Non
     Lanczos to EIGEN_TOL. `--xnorm none` keeps the unit eigenvector; another norm is applied as to
     a random direction (tensors of dim ≤ 1 zero with --xignore biasbn). `stored`: the directions
     source of an existing surface file: the same request reuses its directions (a resume never
-    recomputes them). Returns trajectory.ModelDirections with the eigenvalues in `source` and as
-    the datasets directions/eigenvalues and directions/residuals."""
+    recomputes them). `comm`: the job's ranks; each holds a share of the subset and the products
+    are summed over them (the same Lanczos steps on every rank), and rank 0's vectors are then
+    broadcast, so every rank moves along the identical directions (batch norm that uses each batch's
+    statistics: rank 0 alone, on the whole subset). Returns trajectory.ModelDirections with the
+    eigenvalues in `source` and as the datasets directions/eigenvalues and directions/residuals."""
     from ..core.data import SUBSET_SEED
     from ..core.data import subset as subset_of
     from ..core.directions import alias_groups, normalize, target_tensors
+    from ..core.models import batch_statistics
     from ..core.tasks import make_task, resolve_task
     from .hessian import HessianVectorProduct
     from .trajectory import ModelDirections
@@ -631,11 +819,24 @@ def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = Non
         names = [first for first, aliases in alias_groups(named).items()
                  if named[first].requires_grad and select.keep(aliases)]
         dtype = next(model.parameters()).dtype
-        op = HessianVectorProduct(model, data.inputs.to(dtype) if data.inputs.is_floating_point() else data.inputs,
-                                  data.labels, lambda out, y: task.loss(task.output(out), y),
-                                  batch_size=job.batch_size, count=task.count, select=select)
-        directions, e = eigen_directions(op, indices, names, tensors, tol=EIGEN_TOL, max_iter=EIGEN_MAX_ITER)
-        values, residuals = e.values, e.residuals
+
+        def compute(part, group):
+            op = HessianVectorProduct(model, part.inputs.to(dtype) if part.inputs.is_floating_point() else part.inputs,
+                                      part.labels, lambda out, y: task.loss(task.output(out), y),
+                                      batch_size=job.batch_size, count=task.count, select=select, group=group)
+            found, e = eigen_directions(op, indices, names, tensors, tol=EIGEN_TOL, max_iter=EIGEN_MAX_ITER)
+            return found, e.values, e.residuals
+
+        ranks = 1 if comm is None else comm.size
+        if ranks == 1:
+            directions, values, residuals = compute(data, None)
+        elif ranks <= len(data) and not batch_statistics(model):  # the products summed over every rank's share
+            directions, values, residuals = broadcast_directions(
+                comm, *compute(data.shard(comm.rank, ranks, "train"), comm))
+        else:  # rank 0 alone, on the whole subset (an error there reaches every rank)
+            from ..engine.mpi import on_root
+
+            directions, values, residuals = on_root(comm, lambda: compute(data, None))
         for d, norm, ignore in zip(directions, norms, ignores):
             if norm == "none":
                 continue

@@ -36,7 +36,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser() -> Parser:
-    from ..options import HessianJob, PlotJob, SpectrumJob, TrainJob, add_arguments, add_job_arguments
+    from ..options import HessianJob, PlotJob, SharpnessJob, SpectrumJob, TrainJob, add_arguments, add_job_arguments
 
     p = Parser(prog="landscape", description="Loss landscapes of neural networks (Li et al. 2018).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -88,6 +88,10 @@ def parser() -> Parser:
                         "point of a surface; every rank shares the data")
     sp.add_argument("surf_file", help="a surface file written by `landscape surface` (model, data, directions come from it)")
     add_arguments(sp, SpectrumJob)
+    sh = sub.add_parser("sharpness", help="worst-case sharpness at θ* (SAM's m-sharpness, adaptive, Keskar's), batch by "
+                        "batch over the ranks; stored in the surface file")
+    sh.add_argument("surf_file", help="a surface file written by `landscape surface` (model and data come from it)")
+    add_arguments(sh, SharpnessJob)
     return p
 
 
@@ -117,16 +121,22 @@ def run(argv: list[str]) -> int:
 
         return surface(job_from_args(args))
     if args.command == "plot":
+        from ..io.surface_file import is_ensemble
+        from ..viz.ensemble_figures import compare_ensembles, plot_ensemble
         from ..viz.figures import compare_files, plot_file
 
         opts = dict(formats=args.format, vmin=args.vmin, vmax=args.vmax, vlevel=args.vlevel, log=args.log,
                     cmap=args.cmap, dpi=args.dpi, kinds=args.kinds, splits=args.splits, metrics=args.metrics)
-        if args.compare:
+        if args.compare and all(is_ensemble(f) for f in args.surf_files):
+            titles = None if args.titles is None else [t.strip() for t in args.titles.split(",")]
+            paths = compare_ensembles(args.surf_files, args.out_dir, titles=titles, formats=args.format, dpi=args.dpi)
+        elif args.compare:
             paths = compare_files(args.surf_files, args.out_dir, titles=args.titles, **opts)
         elif args.titles is not None:
             raise UserError("--titles goes with --compare: add --compare to draw the files side by side")
         else:
-            paths = [p for f in args.surf_files for p in plot_file(f, args.out_dir, **opts)]
+            paths = [p for f in args.surf_files for p in (plot_ensemble(f, args.out_dir, formats=args.format, dpi=args.dpi)
+                                                          if is_ensemble(f) else plot_file(f, args.out_dir, **opts))]
         print(f"[landscape] {len(paths)} figures in {', '.join(sorted({str(p.parent) for p in paths})) or '-'}")
         return 0
     if args.command == "vtk":
@@ -136,9 +146,11 @@ def run(argv: list[str]) -> int:
         print(f"[landscape] {out}")
         return 0
     if args.command == "info":
+        from ..io.surface_file import is_ensemble
+        from ..viz.ensemble_info import ensemble_info
         from ..viz.info import info
 
-        print(info(args.surf_file))
+        print(ensemble_info(args.surf_file) if is_ensemble(args.surf_file) else info(args.surf_file))
         return 0
     if args.command == "report":
         from ..viz.report import default_out, report
@@ -184,6 +196,10 @@ def run(argv: list[str]) -> int:
         from ..options import HessianJob, from_namespace
 
         return hessian(args.surf_file, from_namespace(HessianJob, args))
+    if args.command == "sharpness":
+        from ..options import SharpnessJob, from_namespace
+
+        return sharpness(args.surf_file, from_namespace(SharpnessJob, args))
     if args.command == "spectrum":
         from ..options import SpectrumJob, from_namespace
 
@@ -202,7 +218,16 @@ def surface(job) -> int:
             print(f"[landscape] {note}", file=sys.stderr)
         print(f"[landscape] {summary.text()}", file=sys.stderr)
         print(f"[landscape] surface file: {job.surf_file}")
-        if job.plot and summary.complete:
+        if job.plot and summary.complete and job.ensemble:
+            from ..viz.ensemble_figures import plot_ensemble
+            from ..viz.ensemble_info import summary_lines
+
+            for line in summary_lines(job.surf_file):
+                print(f"[landscape] {line.strip()}")
+            figures = plot_ensemble(job.surf_file)
+            print(f"[landscape] figures: {os.path.dirname(job.surf_file) or '.'}/ ({len(figures)} files)")
+            print_report(job.surf_file)
+        elif job.plot and summary.complete:
             from ..viz.figures import plot_file
 
             figures = plot_file(job.surf_file)
@@ -214,12 +239,15 @@ def surface(job) -> int:
 def hessian(surf_file: str, opts) -> int:
     """`landscape hessian`: compute (or resume) the map, then on rank 0 print and draw."""
     from ..api import hessian_map
+    from ..options import refuse_ignored_map
 
+    refuse_ignored_map(opts)
     if opts.map != "extremes":
         return curvature_map(surf_file, opts)
     result = hessian_map(surf_file, stride=opts.stride, subset=opts.subset, tol=opts.tol, max_iter=opts.max_iter,
                          batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
-                         progress=opts.progress, ranks_per_point=opts.ranks_per_point)
+                         progress=opts.progress, ranks_per_point=opts.ranks_per_point, params=opts.params,
+                         exclude=opts.exclude)
     summary = result.summary
     if rank() == 0:
         print(f"[landscape] hessian: {summary.text()}", file=sys.stderr)
@@ -243,7 +271,8 @@ def curvature_map(surf_file: str, opts) -> int:
     result = run_map(surf_file, kind=opts.map, stride=opts.stride, subset=opts.subset, k=opts.k, samples=opts.samples,
                      estimator=opts.estimator, curvature=opts.curvature, tol=opts.tol, max_iter=opts.max_iter,
                      batch_size=opts.batch_size, force=opts.force, threads=opts.threads, device=opts.device,
-                     progress=opts.progress, ranks_per_point=opts.ranks_per_point)
+                     progress=opts.progress, ranks_per_point=opts.ranks_per_point, basis=opts.basis, start_vectors=opts.start_vectors,
+                     params=opts.params, exclude=opts.exclude)
     summary = result.summary
     if rank() == 0:
         print(f"[landscape] {opts.map} map: {summary.text()}", file=sys.stderr)
@@ -255,6 +284,7 @@ def curvature_map(surf_file: str, opts) -> int:
 
             figures = plot_map(surf_file, opts.map)
             print(f"[landscape] {opts.map} figures: {os.path.dirname(surf_file) or '.'}/ ({len(figures)} files)")
+            print_report(surf_file)
     return EXIT_INTERRUPTED if summary.interrupted else EXIT_OK
 
 
@@ -265,7 +295,8 @@ def spectrum(surf_file: str, opts) -> int:
     r = spectrum_job(surf_file, point=opts.point, subset=opts.subset, k=opts.k, tol=opts.tol, max_iter=opts.max_iter,
                      samples=opts.samples, estimator=opts.estimator, slq_runs=opts.slq_runs, slq_steps=opts.slq_steps,
                      sigma=opts.sigma, blocks=opts.blocks, curvature=opts.curvature, batch_size=opts.batch_size,
-                     force=opts.force, threads=opts.threads, device=opts.device)
+                     force=opts.force, threads=opts.threads, device=opts.device, basis=opts.basis, start_vectors=opts.start_vectors,
+                     params=opts.params, exclude=opts.exclude)
     if rank() == 0:
         s = r.spectrum
         print(f"[landscape] spectrum at {r.point} ({s.n:,} parameters, loss {s.loss:.6g}, {r.ranks} rank(s), "
@@ -286,14 +317,37 @@ def spectrum(surf_file: str, opts) -> int:
 
             figures = plot_spectrum(surf_file)
             print(f"[landscape] spectrum figures: {', '.join(str(f) for f in figures)}")
+            print_report(surf_file)
     return EXIT_OK
 
 
+def sharpness(surf_file: str, opts) -> int:
+    """`landscape sharpness`: compute (or resume) one measure on every rank; rank 0 prints it."""
+    import numpy as np
+
+    from ..api import sharpness_job
+
+    r = sharpness_job(surf_file, measure=opts.measure, rho=opts.rho, m=opts.m, steps=opts.steps, subset=opts.subset,
+                      force=opts.force, threads=opts.threads, device=opts.device, progress=opts.progress)
+    if rank() == 0:
+        print(f"[landscape] sharpness {opts.measure}: {r.summary.text()}", file=sys.stderr)
+        if r.summary.complete:
+            spread = f", σ over batches {np.std(r.rises, ddof=1):.6g}" if len(r.rises) > 1 else ""
+            print(f"[landscape] {opts.measure} sharpness (ρ {opts.rho:g}, m {opts.m}, {opts.steps} steps): "
+                  f"{r.value:.6g}{'%' if opts.measure == 'keskar' else ''} over {len(r.rises)} batch(es){spread} "
+                  f"-> {surf_file}:/sharpness/{opts.measure}")
+    return EXIT_INTERRUPTED if r.summary.interrupted else EXIT_OK
+
+
 def print_report(surf_file: str) -> None:
-    """Write <stem>_report.html next to the file (`landscape report`) and print its path."""
+    """Write <stem>_report.html next to the file (`landscape report`) and print its path; a file the
+    report cannot show yet (no surface point computed) is a note, not a failure of the job."""
     from ..viz.report import default_out, report
 
-    print(f"[landscape] report: {report([surf_file], default_out(surf_file))}")
+    try:
+        print(f"[landscape] report: {report([surf_file], default_out(surf_file))}")
+    except UserError as exc:
+        print(f"[landscape] report not written: {exc}", file=sys.stderr)
 
 
 def rank() -> int:
@@ -326,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user mistake prints one line and exits 2; under MPI an unexpected
     error on one rank aborts the whole job (no rank hangs), and the file stays resumable."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("surface", "hessian"):
+    if argv and argv[0] in ("surface", "hessian", "sharpness"):
         from ..engine.signals import install_stop_handlers
 
         install_stop_handlers()
@@ -352,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         if "mpi4py.MPI" in sys.modules:
             from mpi4py import MPI
 
+            from ..engine.mpi import RankFailed
+
+            if isinstance(exc, RankFailed):  # the failing rank prints its error and ends the job (its exit code)
+                return 1
             if MPI.COMM_WORLD.size > 1:
                 import traceback
 

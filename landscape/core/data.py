@@ -8,11 +8,15 @@ while it fits half of the memory this rank may use (the host's available memory,
 RLIMIT_AS limits, shared among the node's ranks: core.device.host_available), else streams it;
 the choice is a note of the split, which the CLI prints. Streamed: digits (from the arrays), CIFAR-10
 (file by file), token files and `text:` bytes (memory-mapped batch by batch), the user's Datasets
-(through a DataLoader). Tokenized `text:` and `hfdata:` ids are made whole in memory and held.
+(through a DataLoader). Tokenized `text:` and `hfdata:` ids are made whole in memory and held:
+when they may not fit what `--data_in_memory` lets a rank hold (bounded before they are made: 8
+bytes an id, at most one id a byte of text, or the `input_ids` column's length), the job is refused
+in one line that says to write them to a token file.
 
 Data fingerprints (Split.fingerprint, the same held or streamed, so a file resumes either way):
 digits, CIFAR-10 and the user's data: sha256 of every input then every label (a streamed split's
-from one pass at start-up; CIFAR's pickles are read whole at every point anyway). Token data:
+from the one pass at start-up that also reads its labels; for a random --subset of CIFAR-10, from a
+second pass on the rank that writes the file: its rows are known only after the first). Token data:
 sha256 of the number of blocks, seq_len and 256 evenly spaced blocks (no full read; a change in an
 unsampled block is not seen). Token-data files written before issue 17 stored the full hash: it
 is accepted after one full read confirms it (`accepted_fingerprint`).
@@ -57,6 +61,7 @@ blocks from another source give the same one (they evaluate to the same values).
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -220,11 +225,43 @@ def cifar_inputs(data: np.ndarray) -> torch.Tensor:
 CIFAR_ROW_BYTES = 3072 * 4 + 8  # an image and its label held in memory
 
 
+CIFAR_HASH_ROWS = 1000  # images normalized at a time by the fingerprint of the first read (12 MB of float32)
+
+
+def streamed_cifar(files: list[Path], name: str, pick, note: str) -> StreamedSplit:
+    """A streamed CIFAR-10 split from one read of its files, one at a time: the labels (held), each
+    file's number of rows, and the sha256 of the normalized inputs used (Split.fingerprint of them
+    held), hashed CIFAR_HASH_ROWS at a time while each file is in memory, when the rows used are
+    known before the read: all of them, or the first n (`pick.first`, set by load_dataset). A
+    random subset's rows depend on the split's size, known only after the read: they are hashed
+    by a second pass when the fingerprint is asked for (StreamedSplit.hash_inputs)."""
+    first = None if pick is None else getattr(pick, "first", None)
+    h = hashlib.sha256() if pick is None or first else None
+    per_file, hashed = [], 0
+    for f in files:
+        data, labels = read_cifar_batch(f)
+        per_file.append(labels)
+        if h is not None:
+            take = len(data) if first is None else max(0, min(len(data), first - hashed))
+            for i in range(0, take, CIFAR_HASH_ROWS):
+                h.update(cifar_inputs(data[i : min(i + CIFAR_HASH_ROWS, take)]).numpy().tobytes())
+            hashed += take
+        del data  # the next file is read after this one is let go
+    labels = np.concatenate(per_file)
+    rows = pick(name, len(labels)) if pick else None
+    labels = labels if rows is None else labels[rows]
+    content = h if h is not None and hashed == len(labels) else None
+    return StreamedSplit(CifarFiles(files, [len(y) for y in per_file], read_cifar_batch, cifar_inputs), rows, 0,
+                         len(labels), held_labels=torch.from_numpy(labels), content=content, note=note,
+                         example_bytes=CIFAR_ROW_BYTES)
+
+
 def cifar10(data_dir: str | Path | None, splits=SPLITS, pick=None, hold=hold_all) -> dict[str, Split | StreamedSplit]:
     """The named splits of CIFAR-10 from a local folder, normalized per channel (float32 NCHW);
     `pick(split, size)`: the rows to convert (sorted; None: all); `hold`: a Holding, asked with
     the size estimated from the files' sizes (3073 bytes a row). Streamed: the files are read one
-    at a time, once here (the labels, held) and at every pass (core.stream.CifarFiles)."""
+    at a time, once here (the labels, held, and the fingerprint: `streamed_cifar`) and at every
+    pass (core.stream.CifarFiles)."""
     folder = cifar_folder(data_dir)
     out = {}
     for name in splits:
@@ -232,13 +269,7 @@ def cifar10(data_dir: str | Path | None, splits=SPLITS, pick=None, hold=hold_all
         estimate = sum(f.stat().st_size // 3073 for f in files if f.is_file())
         keep, note = hold(picked(pick, name, estimate) * CIFAR_ROW_BYTES, f"split {name!r} of CIFAR-10")
         if not keep:
-            per_file = [read_cifar_batch(f)[1] for f in files]  # one file at a time
-            labels = np.concatenate(per_file)
-            rows = pick(name, len(labels)) if pick else None
-            labels = labels if rows is None else labels[rows]
-            out[name] = StreamedSplit(CifarFiles(files, [len(y) for y in per_file], read_cifar_batch, cifar_inputs),
-                                      rows, 0, len(labels), held_labels=torch.from_numpy(labels), note=note,
-                                      example_bytes=CIFAR_ROW_BYTES)
+            out[name] = streamed_cifar(files, name, pick, note)
             continue
         parts = [read_cifar_batch(folder / f) for f in CIFAR_FILES[name]]
         data, labels = np.concatenate([d for d, _ in parts]), np.concatenate([y for _, y in parts])
@@ -348,7 +379,7 @@ def as_split(data, source: str, pick=None, hold=hold_all) -> Split | StreamedSpl
         inputs, labels = inputs[torch.from_numpy(rows)], labels[torch.from_numpy(rows)]
     digest = data.digest if isinstance(data, Split) else "content"
     if hold is not hold_all and not isinstance(data, torch.utils.data.Dataset):  # tensors: already in memory
-        keep, note = hold(0, source) if hold.in_memory == "no" else (True, "")
+        keep, note = hold(0, source) if hold.in_memory == "no" else (True, data.note if isinstance(data, Split) else "")
     if not keep:  # --data_in_memory no: the streamed path, from memory
         return StreamedSplit(ArrayRows((inputs, labels), lambda x, y: (x, y)), None, 0, len(labels),
                              held_labels=labels, digest=digest, note=note,
@@ -475,18 +506,38 @@ def file_blocks(file: Path, dtype, seq_len: int, name: str, pick, what: str, hol
     return split
 
 
+TO_TOKEN_FILE = ("write them to a flat token file (np.array(ids, dtype=np.uint16).tofile(PATH)) and use "
+                 "--dataset tokens:PATH to stream them")
+
+
+def check_whole_ids(hold, bound: int, what: str) -> None:
+    """Before the ids of `what` are made whole in memory (tokenized text, a `datasets` column: they
+    cannot be streamed), a one-line UserError when `hold` (a Holding) would not hold `bound` bytes
+    of them: --data_in_memory no, or more than it holds (auto: half of what this rank may use)."""
+    if hold is hold_all:
+        return
+    if hold.in_memory == "no":
+        raise UserError(f"--data_in_memory no: the ids of {what} are made whole in memory (tokenized, or "
+                        f"concatenated from the datasets column): {TO_TOKEN_FILE}")
+    left = hold.memory - hold.used
+    room = left if hold.in_memory == "yes" else left // 2
+    if bound > room:
+        raise UserError(f"the ids of {what} are made whole in memory (tokenized, or concatenated from the datasets "
+                        f"column) and may take {gib(bound)}, more than {'the' if hold.in_memory == 'yes' else 'half of the'} "
+                        f"{gib(left)} this rank may use: {TO_TOKEN_FILE}, or run fewer ranks per node")
+
+
 def stream_blocks(ids: np.ndarray, seq_len: int, name: str, pick, what: str, hold=hold_all) -> Split:
     """The blocks `pick(name, n)` of a token stream held in memory (the tokenizer's or the `datasets`
-    column's ids, made whole: they are held whatever `hold` says, and --data_in_memory no is refused)."""
+    column's ids, made whole: held, after `check_whole_ids` let them be made)."""
     n = block_count(len(ids), seq_len, what)
     rows = pick(name, n) if pick else None
     blocks = ids[: n * seq_len].reshape(n, seq_len)
-    if getattr(hold, "in_memory", "auto") == "no":
-        raise UserError(f"--data_in_memory no: the ids of {what} are made whole in memory (tokenized, or "
-                        "concatenated from the datasets column): write them to a flat token file "
-                        "(np.array(ids, dtype=np.uint16).tofile(PATH)) and use --dataset tokens:PATH to stream them")
     used = n if rows is None else len(rows)
-    note = "" if hold is hold_all else f"held in memory ({gib(used * seq_len * 8)}; its ids are made whole in memory)"
+    note = ""
+    if hold is not hold_all:
+        hold.used += used * seq_len * 8
+        note = f"held in memory ({gib(used * seq_len * 8)}; its ids are made whole in memory)"
     return blocks_split(blocks if rows is None else blocks[rows], note)
 
 
@@ -559,6 +610,7 @@ def text(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=None,
         if tokenizer is None:
             out[name] = file_blocks(file, np.dtype(np.uint8), seq_len, name, pick, what, hold)
             continue
+        check_whole_ids(hold, 8 * file.stat().st_size, what + " tokenized")  # at most one int64 id a byte
         try:
             content = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -589,6 +641,24 @@ def hf_splits(folder: Path):
                         "split to evaluate 'train' (and 'validation' or 'test' for --splits train,test)")
     test = next((saved[k] for k in ("validation", "test") if k in saved), None)
     return {"train": saved["train"], **({"test": test} if test is not None else {})}
+
+
+def dataset_id_bound(data) -> int:
+    """At most how many ids `dataset_ids` makes of a datasets.Dataset, from its Arrow columns without
+    converting them: its `input_ids` values, else the bytes of its `text` column (at most one id a
+    byte); 0 when neither column is there as expected (`dataset_ids` then says what is wrong)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = data.with_format("arrow")[:]
+    try:
+        if "input_ids" in data.column_names:
+            return sum(len(chunk.flatten()) for chunk in table.column("input_ids").chunks)
+        if "text" in data.column_names:
+            return int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
+    except (pa.ArrowException, AttributeError, TypeError):
+        pass
+    return 0
 
 
 def dataset_ids(data, what: str, tokenizer) -> np.ndarray:
@@ -625,6 +695,7 @@ def hfdata(path: str, seq_len: int, splits=SPLITS, pick=None, tokenizer=lambda: 
             raise UserError(f"datasets folder {str(folder)!r} has no test split (a DatasetDict with 'validation' or "
                             "'test'): use --splits train")
         what = f"split {name!r} of datasets folder {str(folder)!r}"
+        check_whole_ids(hold, 8 * dataset_id_bound(parts[name]), what)
         out[name] = stream_blocks(dataset_ids(parts[name], what, tokenizer), seq_len, name, pick, what, hold)
     return out
 
@@ -680,6 +751,8 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, splits=SPLITS
     if subset and subset[0]:
         def pick(split, size):
             return subset_rows(size, subset[0], subset[1], split, flag)
+
+        pick.first = subset[0] if subset[1] == "first" else None  # the rows are the first n, whatever the size
     if name == "digits":
         return digits(splits, pick, hold)
     if name == "cifar10":

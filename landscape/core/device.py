@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -45,20 +46,46 @@ def ranks_per_device(comm, device: torch.device) -> int:
     return -(-n // torch.cuda.device_count()) if device.type == "cuda" else n
 
 
+class GroupFailed(RuntimeError):
+    """Raised by `group_sum` on the ranks of a group one of whose ranks failed (`group_failed`)
+    before it could add its share: they stop instead of waiting for it."""
+
+
+def _failure_flag(group, failed: bool) -> bool:
+    """Whether some rank of `group` failed (one 4-byte allreduce, the first step of `group_sum`)."""
+    from mpi4py import MPI
+
+    seen = np.zeros(1, dtype=np.int32)
+    group.Allreduce(np.array([int(failed)], dtype=np.int32), seen, op=MPI.MAX)
+    return bool(seen[0])
+
+
 def group_sum(group, values):
     """Σ over the ranks of `group` (an MPI communicator; None: this rank alone) of a float64
     tensor, on its own device: the sums of a point's share of the data (--ranks_per_point).
     Reduced on the group's rank 0 and broadcast, so every rank has the same bits (an allreduce
-    may round differently on different ranks, and the ranks' solvers must take the same steps)."""
+    may round differently on different ranks, and the ranks' solvers must take the same steps).
+    First the group agrees that none of its ranks failed before its share was summed: when one
+    did (it called `group_failed` instead), every other rank raises GroupFailed, none waits."""
     if group is None or group.size == 1:
         return values
     from mpi4py import MPI
 
+    if _failure_flag(group, False):
+        raise GroupFailed("another rank of this point's group failed")
     host = values.detach().to("cpu", torch.float64).contiguous().numpy()
     out = host.copy()
     group.Reduce(host, out, op=MPI.SUM, root=0)
     group.Bcast(out, root=0)
     return torch.from_numpy(out).to(values.device)
+
+
+def group_failed(group) -> None:
+    """This rank of `group` failed while computing its share: the group's other ranks, waiting
+    in `group_sum` (the next one this rank would have called), raise GroupFailed. Call it once,
+    from the code that catches the failure (engine.scheduler), never after a GroupFailed."""
+    if group is not None and group.size > 1:
+        _failure_flag(group, True)
 
 
 def free_memory(device: torch.device) -> int:

@@ -20,6 +20,7 @@ from .bn import BNRecalibration
 from .data import Split
 from .device import group_sum
 from .directions import Direction
+from .fold import fold_batch_norm
 from .models import Snapshot, weights_dtype
 from .selection import Selection
 from .tasks import Task, UserMetrics, make_task, output_vector
@@ -52,6 +53,7 @@ class SurfaceEvaluator:
         precision: str = "fp32",
         compile: bool = False,
         channels_last: bool = False,
+        fold_bn: bool = False,
         bn_calibration: Split | None = None,
         resident: bool | None = None,
         sharing: int = 1,
@@ -69,7 +71,10 @@ class SurfaceEvaluator:
             self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = AUTOCAST_DTYPES[precision]  # autocast of the forward pass; sums stay float64
         self.compile = compile
-        self.forward = torch.compile(self.model) if compile else self.model
+        # BN folded into the conv before it (core.fold); not while BN statistics are re-estimated at every point
+        self.forward, self.folded = fold_batch_norm(self.model) if fold_bn and bn_calibration is None else (self.model, 0)
+        if compile:
+            self.forward = torch.compile(self.forward)
         self.theta = ThetaWriter(self.model, directions, dir_type, select)
         self.group = group  # the ranks that evaluate each point together, each on its share of `splits`
         self.batch_limit = None  # at most this many batches of each split (timing at start-up: core.tuning)
@@ -218,6 +223,7 @@ class Evaluation:
     precision: str = "fp32"
     compile: bool = False
     channels_last: bool = False
+    fold_bn: bool = False  # eval-mode BN folded into the conv before it (core.fold)
     bn_calibration: Split | None = None  # re-estimate BN statistics at every point from this split
     select: Selection | None = None  # the tensors the directions move (--params / --exclude; None: all)
 
@@ -228,5 +234,6 @@ class Evaluation:
         return SurfaceEvaluator(model, splits, directions, dir_type=self.dir_type, task=self.task, loss_name=self.loss_name,
                                 batch_size=self.batch_size, device=device, points_per_pass=points_per_pass,
                                 precision=self.precision, compile=self.compile, channels_last=self.channels_last,
+                                fold_bn=self.fold_bn,
                                 bn_calibration=self.bn_calibration, sharing=sharing, select=self.select,
                                 group=group)

@@ -74,6 +74,10 @@ class Grid:
     def coarse_to_fine(self) -> np.ndarray:
         """Every flat index once: the points on a stride-2^k sub-grid first (largest k first),
         so any prefix of the order covers the grid uniformly at a lower resolution."""
+        return np.argsort(-self.levels(), kind="stable").astype(np.int64)
+
+    def levels(self) -> np.ndarray:
+        """Per flat index, the largest k such that the point lies on the stride-2^k sub-grid (0: on none)."""
         idx = [np.arange(n) for n in self.shape]
         level = np.full(self.shape, 0, dtype=np.int64)
         longest = max(self.shape)
@@ -88,8 +92,48 @@ class Grid:
                 shape[axis] = -1
                 on &= (i % stride == 0).reshape(shape)
             level[on & (level == 0)] = s
-        flat = level.ravel()
-        return np.argsort(-flat, kind="stable").astype(np.int64)
+        return level.ravel()
+
+
+@dataclass(frozen=True)
+class EnsembleGrid:
+    """`members` copies of one grid, one per member of a direction ensemble: shape (members,
+    *base.shape); flat point p is member p // base.size at the base grid's point p % base.size,
+    and its coordinates are (member, α[, β])."""
+
+    members: int
+    base: Grid
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.base.x
+
+    @property
+    def y(self) -> np.ndarray | None:
+        return self.base.y
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.members, *self.base.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    @property
+    def size(self) -> int:
+        return self.members * self.base.size
+
+    def coords(self, points: np.ndarray) -> np.ndarray:
+        """(k, 1 + ndim) array of (member, alpha[, beta]) for flat point indices."""
+        member, p = np.divmod(np.asarray(points, dtype=np.int64), self.base.size)
+        return np.concatenate([member[:, None].astype(float), self.base.coords(p)], axis=1)
+
+    def coarse_to_fine(self) -> np.ndarray:
+        """The base grid's coarse-to-fine levels, each over every member in turn: a partial file
+        holds every member at a lower resolution, and consecutive points share a member (its
+        directions are drawn once per run of points, see core.ensemble)."""
+        return np.argsort(-np.tile(self.base.levels(), self.members), kind="stable").astype(np.int64)
 
 
 def chunk_bounds(todo: int, ranks: int, requested: int = 0) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Counted: the model when it is not yet on the device; the θ writer's copies (θ* in each tensor's
 dtype, and each direction: float32 for bf16/fp16 tensors, see core.theta); the K parameter sets
-of `--points_per_pass K`; a streamed split's batches in flight (the batch being evaluated and
-the next, on the device). Not counted: activations (a batch's, which --batch_size sets) and data
+of `--points_per_pass K` (of the tensors some direction moves, in their dtype: core.evaluate
+stacks only those); a streamed split's batches in flight (the batch being evaluated and the next,
+on the device: 2 · min(batch size, examples) · bytes of an example). Not counted: activations (a
+batch's, which --batch_size sets), the θ writer's float32 scratch (the largest bf16/fp16 tensor) and data
 held in memory (placed on a GPU only when they fit, see core.data.Split.place; on the host
 already allocated when this is planned). The budget is this rank's share of the device: a GPU's
 free memory, or the host's available memory (core.device.free_memory), divided among the ranks
@@ -28,7 +30,8 @@ def surface_needs(model: nn.Module, directions, splits: dict, device, *, dir_typ
                   points_per_pass: int = 1, batch_size: int = 512) -> dict[str, int]:
     """{what: bytes} a surface evaluator will allocate on `device` (see the module's docstring)."""
     device = torch.device(device)
-    targets = list(target_tensors(model, dir_type, select).values())
+    named = target_tensors(model, dir_type, select)
+    targets = list(named.values())
     need = {}
     tensors = list(model.parameters()) + list(model.buffers())
     if any(t.device != device for t in tensors):
@@ -38,10 +41,12 @@ def surface_needs(model: nn.Module, directions, splits: dict, device, *, dir_typ
     if directions:
         need[f"{len(directions)} direction(s)"] = len(directions) * per
     if points_per_pass > 1:
-        need[f"{points_per_pass} points per pass"] = points_per_pass * sum(nbytes(t) for t in targets)
+        moving = [t for name, t in named.items()
+                  if any(name in d and bool(torch.as_tensor(d[name]).any()) for d in directions or ())]
+        need[f"{points_per_pass} points per pass"] = points_per_pass * sum(nbytes(t) for t in moving or targets[:1])
     streamed = [s for s in splits.values() if isinstance(s, StreamedSplit)]
     if streamed:
-        need["streamed batches"] = 2 * batch_size * max(s.example_bytes for s in streamed)
+        need["streamed batches"] = 2 * max(min(batch_size, len(s)) * s.example_bytes for s in streamed)
     return need
 
 

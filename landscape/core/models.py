@@ -130,25 +130,38 @@ HF_PREFIX = "hf:"
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def hf_task(config: dict, task: str | None, folder: str) -> str:
-    """The task a saved transformers model is for: `task`, checked against the architecture its
-    config.json names (`...ForCausalLM` is a causal LM, `...ForSequenceClassification` a
-    classifier), or, for None, inferred from it."""
-    names = " ".join(config.get("architectures") or [])
-    found = "causal_lm" if "CausalLM" in names else "classification" if "SequenceClassification" in names else None
-    if task is None:
-        return found or "causal_lm"
-    if found and found != task and task in ("classification", "causal_lm"):
-        raise UserError(f"--model hf:{folder} is a {names} ({found}), not a model for --task {task}: "
-                        f"use --task {found}")
-    return task
+# The heads landscape evaluates: the suffix of a config's architecture, the Auto class that loads it,
+# the built-in tasks it fits (any head also fits the user's own --task package.module:function).
+HF_HEADS = (("ForCausalLM", "AutoModelForCausalLM", ("causal_lm",)),
+            ("LMHeadModel", "AutoModelForCausalLM", ("causal_lm",)),  # GPT-2's name for a causal LM
+            ("ForSequenceClassification", "AutoModelForSequenceClassification", ("classification", "regression")),
+            ("ForTokenClassification", "AutoModelForTokenClassification", ()),
+            ("ForMaskedLM", "AutoModelForMaskedLM", ()))
+
+
+def hf_head(config: dict, task: str | None, folder: str) -> str:
+    """The Auto class name for a saved transformers model: the one of the first architecture its
+    config.json names, checked against `task` (None: any); without one, the task's (a sequence
+    classifier for classification and regression, else a causal LM)."""
+    names = config.get("architectures") or []
+    arch = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    if arch is None:
+        return ("AutoModelForSequenceClassification" if task in ("classification", "regression")
+                else "AutoModelForCausalLM")
+    head = next((h for h in HF_HEADS if arch.endswith(h[0])), None)
+    if head is None:
+        raise UserError(f"--model hf:{folder} is a {arch}, which landscape cannot evaluate: save a ...ForCausalLM, "
+                        "...ForSequenceClassification, ...ForTokenClassification or ...ForMaskedLM model")
+    if task is not None and not is_import_path(task) and task not in head[2]:
+        fits = " or ".join(f"--task {t}" for t in head[2]) or "your own --task package.module:function"
+        raise UserError(f"--model hf:{folder} is a {arch}, not a model for --task {task}: use {fits}")
+    return head[1]
 
 
 def load_hf(folder: str, task: str | None = "classification", dtype: str = "fp32") -> nn.Module:
-    """The transformers model saved in `folder`: AutoModelForSequenceClassification for
-    `--task classification`, else AutoModelForCausalLM (None: the one its config names); its
-    weights in `dtype` (WEIGHT_DTYPES), eval mode, dropout p = 0. Never goes to the network:
-    compute nodes have none."""
+    """The transformers model saved in `folder`, loaded by the Auto class of the architecture its
+    config.json names (see `hf_head`; `task` None: any), its weights in `dtype` (WEIGHT_DTYPES),
+    eval mode, dropout p = 0. Never goes to the network: compute nodes have none."""
     import json
 
     path = Path(folder)
@@ -160,15 +173,14 @@ def load_hf(folder: str, task: str | None = "classification", dtype: str = "fp32
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"--model hf:{folder}: config.json is not readable JSON ({exc}): save the model again") from None
-    task = hf_task(config if isinstance(config, dict) else {}, task, folder)
+    head = hf_head(config if isinstance(config, dict) else {}, task, folder)
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import transformers
     except ImportError:
         raise UserError("--model hf:... needs the transformers package: pip install transformers") from None
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar from every rank
-    auto = (transformers.AutoModelForSequenceClassification if task == "classification"
-            else transformers.AutoModelForCausalLM)
+    auto = getattr(transformers, head)
     try:
         model = auto.from_pretrained(path, local_files_only=True, dtype=WEIGHT_DTYPES[dtype])
     except Exception as exc:  # an unknown architecture, missing or broken weights
@@ -182,8 +194,8 @@ def load_hf(folder: str, task: str | None = "classification", dtype: str = "fp32
 
 def build_model(name: str, seed: int = 0, task: str | None = "classification", dtype: str = "fp32") -> nn.Module:
     """The named model (or the one `package.module:factory` returns), initialized from `seed`;
-    `hf:FOLDER`: the saved transformers model for `task` (None: the one it was saved for; see
-    `load_hf`), its weights in `dtype` (other models are cast by `cast_weights` once θ* is loaded)."""
+    `hf:FOLDER`: the saved transformers model with the head its config names, checked against `task`
+    (None: any; see `load_hf`), its weights in `dtype` (other models are cast by `cast_weights` once θ* is loaded)."""
     if name.startswith(HF_PREFIX):
         return load_hf(name[len(HF_PREFIX):], task, dtype)
     if is_import_path(name):
@@ -245,16 +257,48 @@ def vocab_and_context(model: nn.Module, inputs: torch.Tensor, name: str = "the m
     return int(vocab), getattr(config, "max_position_embeddings", None)
 
 
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def read_folder(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a Hugging Face checkpoint folder (save_pretrained, a Trainer `checkpoint-N/`): its
+    first file of HF_WEIGHTS, a sharded one's shards (named by its index's weight_map) merged."""
+    import json
+
+    found = next((path / name for name in HF_WEIGHTS if (path / name).is_file()), None)
+    if found is None:
+        raise UserError(f"checkpoint folder {str(path)!r} holds no weights ({', '.join(HF_WEIGHTS)}): give the folder "
+                        "save_pretrained or the Trainer wrote, or a checkpoint file")
+    if not found.name.endswith(".index.json"):
+        return read_state_dict(found)
+    try:
+        shards = sorted(set(json.loads(found.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"cannot read {str(found)!r} ({type(exc).__name__}: {exc}): is it the index "
+                        "save_pretrained wrote?") from None
+    state = {}
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise UserError(f"checkpoint folder {str(path)!r} lacks the shard {shard!r} its {found.name} names: "
+                            "copy the whole folder")
+        state.update(read_state_dict(path / shard))
+    return state
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint: a plain state_dict, or one wrapped as {'state_dict': ...} or
-    {'model': ...}, or a whole saved model, or a `.safetensors` file; `module.` prefixes
-    (DataParallel/DDP) removed."""
+    {'model': ...}, or a whole saved model, or a `.safetensors` file, or a Hugging Face
+    checkpoint folder (`read_folder`); `module.` prefixes (DataParallel/DDP) removed."""
     path = Path(path)
+    if path.is_dir():
+        return read_folder(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist: check --model_file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"checkpoint {str(path)!r} is a safetensors file: pip install safetensors") from None
         try:
             return load_file(path)
         except Exception as exc:

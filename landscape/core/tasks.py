@@ -349,10 +349,11 @@ TASKS = {"classification": Classification, "regression": Regression, "causal_lm"
 
 def resolve_task(model, task: str) -> str:
     """`task`, or for `auto` the one the model is made for: `causal_lm` for a model whose class is
-    a `...ForCausalLM` (a transformers causal LM), `classification` for any other."""
+    a `...ForCausalLM` or `...LMHeadModel` (a transformers causal LM), `classification` for any other."""
     if task != "auto":
         return task
-    return "causal_lm" if "ForCausalLM" in type(model).__name__ else "classification"
+    name = type(model).__name__
+    return "causal_lm" if "ForCausalLM" in name or "LMHeadModel" in name else "classification"
 
 
 def make_task(task: str = "classification", loss_name: str = "crossentropy") -> Task:

@@ -7,8 +7,11 @@ format, the points per pass K and torch.compile are chosen from timings of a few
   θ* + tiny steps (best of REPEATS, after one warm-up call), scaled to the whole splits;
 - a candidate is measured only when the run can repay it: the measurements may cost at most
   SHARE of the run's estimated time with the given configuration, (points left / groups) · t;
-- candidates: contiguous or channels-last (only for 4-D floating-point inputs) × K ∈ {1, 4, 16}
-  (K = 1 when BN statistics are re-estimated at every point); a flag fixes its choice;
+- the run starts from channels-last for a conv net on a CPU, else contiguous (`default_layout`),
+  which is what it keeps when nothing else can be measured;
+- candidates: contiguous or channels-last (only for 4-D floating-point inputs into 2-D
+  convolutions) × K ∈ {1, 4, 16} (K = 1 when BN statistics are re-estimated at every point); a
+  flag fixes its choice;
 - compile is tried on the fastest candidate only when the estimated run takes more than
   COMPILE_WORTH seconds (compiling a ResNet on a CPU takes 20-60 s), and kept when faster;
 - every rank measures at once (as loaded as it is in the run); a candidate that fails on any
@@ -30,7 +33,7 @@ import torch
 
 BATCHES, REPEATS = 2, 2
 MARGIN = 1.1  # another configuration is taken only when this many times faster than the given one
-SHARE = 0.1  # the measurements may cost at most this share of the run's estimated time
+SHARE = 0.05  # the measurements may cost at most this share of the run's estimated time
 COMPILE_WORTH = 600.0  # seconds of estimated run time before compiling is tried
 
 
@@ -71,10 +74,18 @@ def seconds_per_point(evaluator, batches: int = BATCHES, repeats: int = REPEATS)
     return best / k * scale, time.perf_counter() - start
 
 
-def has_images(evaluator) -> bool:
-    """4-D floating-point inputs: channels-last can speed up the convolutions."""
-    firsts = [s.head(1).inputs for s in evaluator.splits.values()]  # one example (a streamed split has no .inputs)
-    return any(x.dim() == 4 and x.is_floating_point() for x in firsts)
+def convolves(model, splits) -> bool:
+    """4-D floating-point inputs into a model with 2-D convolutions: what channels-last can speed up."""
+    firsts = [s.head(1).inputs for s in splits.values()]  # one example (a streamed split has no .inputs)
+    return (any(x.dim() == 4 and x.is_floating_point() for x in firsts)
+            and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()))
+
+
+def default_layout(model, splits, device) -> bool:
+    """The layout a run starts from when `--channels_last` is left automatic: channels-last for a conv
+    net on a CPU (faster on every conv net of bench/: 0.58-0.89x the time), else contiguous; another
+    one is taken only when measured MARGIN times faster (see `tune`)."""
+    return torch.device(device).type == "cpu" and convolves(model, splits)
 
 
 def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: bool | None, points_per_pass: int,
@@ -83,13 +94,13 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     open (None / 0: automatic; see the module docstring). `evaluator` is built with the given
     configuration (automatic ones off, K = 1); `build(evaluation, k)` builds another one.
     Collective over `comm`: every rank calls it with the same arguments."""
-    fixed = Choice(bool(channels_last), bool(compile), max(points_per_pass, 1), "")
+    fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), "")
     t_given, unit = comm.bcast(seconds_per_point(evaluator), root=0)  # unit: one measurement at K = 1
     run = points_left / max(groups, 1) * t_given
     budget = run * SHARE  # what the measurements may cost
     layouts = [fixed.channels_last]
-    if channels_last is None and has_images(evaluator) and 2 * unit <= budget:
-        layouts = [False, True]
+    if channels_last is None and convolves(evaluator.model, evaluator.splits) and 2 * unit <= budget:
+        layouts = [fixed.channels_last, not fixed.channels_last]
     ks = [fixed.points_per_pass]
     if points_per_pass == 0 and evaluator.bn is None:
         ks += [k for k in (4, 16) if unit * len(layouts) * (1 + 4 + k) <= budget]

@@ -6,6 +6,11 @@ from ..errors import SharedUserError, UserError
 from ..io.lock import FileLock
 
 
+class RankFailed(RuntimeError):
+    """Raised mid-run (engine.scheduler) by every rank but the one that failed, which raises its own
+    exception: this one names that rank and its error."""
+
+
 def world():
     """COMM_WORLD (a world of size 1 without mpirun)."""
     from mpi4py import MPI

@@ -11,6 +11,14 @@ hand, write it, and add a large number to both counters, so every other rank
 stops after its current point as well (it sees the number when it reports the
 point done); the run then reports `interrupted`.
 
+A rank whose evaluator or writer raises (an error in the user's code, a file it cannot read,
+memory) ends the run on every rank, never a hang: its group's other ranks, waiting in the sum of
+the point (core.device.group_sum), are told (core.device.group_failed) and stop too; its leader
+adds the large number to both counters as for a stop, so the other groups stop after their point
+in hand; every rank closes the file (the points written are kept), and then every rank raises:
+the failing rank its own exception, the others engine.mpi.RankFailed naming it (a UserError is
+every rank's, as engine.mpi.on_all shares it).
+
 Several ranks per point (`group`, engine.groups): the world is cut into groups of G ranks that
 evaluate each point together (the evaluator sums over its group). Only a group's leader (its
 rank 0) takes chunks, writes and counts; it hands each chunk number to its group (one broadcast),
@@ -37,9 +45,11 @@ import time
 
 import numpy as np
 
+from ..core.device import GroupFailed, group_failed
 from ..core.grid import Grid, chunk_bounds
+from ..errors import SharedUserError, UserError
 from .contract import Evaluator
-from .mpi import world
+from .mpi import RankFailed, world
 from .progress import Progress, RunSummary
 from .signals import StopRequest
 from .writers import writer_for
@@ -91,6 +101,11 @@ def agreed(group, *flags: bool) -> tuple[bool, ...]:
     return tuple(any(f[i] for f in seen) for i in range(len(flags)))
 
 
+def failure(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) of a rank's failure, as engine.mpi shares them: 'user' for a UserError."""
+    return ("user", str(exc)) if isinstance(exc, UserError) else ("other", f"{type(exc).__name__}: {exc}")
+
+
 def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, mask: str = "mask", chunk: int = 0,
         parallel_write: bool | None = None, progress: bool = True, label: str = "surface", group=None) -> RunSummary:
     """Evaluate every point of `grid` not yet `done` (flat bool mask) and write it to the prepared
@@ -108,6 +123,7 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
     writer = writer_for(path, comm, evaluator.metrics, mask, parallel_write)
     bar = Progress(grid.size, int(done.sum()), progress and comm.rank == 0, label)
     mine, busy, interrupted, nonfinite = 0, 0.0, False, 0
+    failed, error, own = False, None, None  # a failure in this rank's group; this rank's own (kind, message), exception
     step = max(1, int(evaluator.points_per_call))
     slow = slow_factor(comm.rank)
     with StopRequest() as stop:
@@ -129,34 +145,63 @@ def run(evaluator: Evaluator, grid: Grid, path, done: np.ndarray, *, comm=None, 
             for i in range(0, len(points), step):
                 sub = points[i : i + step]
                 t0 = time.monotonic()
-                values = evaluator(grid.coords(sub))
+                try:
+                    values = evaluator(grid.coords(sub))
+                except GroupFailed:  # another rank of the group failed: it reports
+                    failed = True
+                    break
+                except Exception as exc:
+                    group_failed(group)  # the group's other ranks wait in its sum: they raise GroupFailed
+                    failed, error, own = True, failure(exc), exc
+                    break
                 if slow > 1.0:
                     time.sleep((slow - 1.0) * (time.monotonic() - t0))
                 busy += time.monotonic() - t0
                 halt = False
                 if leader:
-                    writer.write(sub, values)
-                    mine += len(sub)
-                    nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
-                    total_done = counters.fetch_add(1, len(sub)) + len(sub)
-                    halt = total_done >= STOP  # another rank was asked to stop: end after this point too
-                    if comm.rank == 0 and not halt:
-                        bar.update(total_done)
-                halt, requested = agreed(group, halt, stop.requested)
-                if halt:
+                    try:
+                        writer.write(sub, values)
+                    except Exception as exc:  # the group's other ranks learn it below
+                        failed, error, own = True, failure(exc), exc
+                    else:
+                        mine += len(sub)
+                        nonfinite += int((~np.isfinite(values)).any(axis=1).sum())
+                        total_done = counters.fetch_add(1, len(sub)) + len(sub)
+                        halt = total_done >= STOP  # another rank was asked to stop: end after this point too
+                        if comm.rank == 0 and not halt:
+                            bar.update(total_done)
+                halt, requested, failed = agreed(group, halt, stop.requested, failed)
+                if halt or failed:
                     interrupted = True
                     break
                 if requested:
                     break
+            if failed:
+                break
+        if failed and leader:  # the other groups stop after their point in hand, as for a stop request
+            counters.fetch_add(0, STOP)
+            counters.fetch_add(1, STOP)
         writer.close()
     counters.free()
-    stats = comm.gather((mine, busy, interrupted, nonfinite), root=0)
-    result = None
+    stats = comm.gather((mine, busy, interrupted, nonfinite, error), root=0)
+    result, source = None, None
     if comm.rank == 0:
+        errors = [r for r, s in enumerate(stats) if s[4]]  # an unexpected error wins over a user mistake
+        source = next((r for r in errors if stats[r][4][0] == "other"), errors[0] if errors else None)
+        error = None if source is None else stats[source][4]
         result = RunSummary(
             total=grid.size, done_before=int(done.sum()), computed=sum(s[0] for s in stats),
             seconds=time.monotonic() - start, per_rank_points=tuple(s[0] for s in stats),
             per_rank_busy=tuple(s[1] for s in stats), stopped=any(s[2] for s in stats),
             nonfinite=sum(s[3] for s in stats))
-        bar.update(result.computed, final=True)
-    return comm.bcast(result, root=0)
+        if error is None:
+            bar.update(result.computed, final=True)
+    result, source, error = comm.bcast((result, source, error), root=0)
+    if error is not None:  # every rank raises: the failing rank its own exception, the others say which rank
+        kind, message = error
+        if kind == "user":
+            raise SharedUserError(message)
+        if comm.rank == source:
+            raise own
+        raise RankFailed(f"rank {source} failed ({message}); this rank stops too")
+    return result

@@ -16,6 +16,15 @@ Schema (axis order (y, x); a 1D grid has shape (nx,)):
     /spectrum/<label>/...       spectrum at one point (label theta_star or a<α>_b<β>): eigenvalues,
                                 residuals, trace (+ ci), slq/{nodes,weights}, density/{grid,values},
                                 blocks/{names,numel,lambda_max,residual,trace,trace_ci}; settings as attrs
+    /ensemble/...               a direction ensemble (--ensemble N): member (a dimension scale), mask and
+                                <split>/<metric> of shape (member, [y,] x); once complete, stats/<split>/
+                                <metric>/{mean,std,min,max,q05..q95,count}, widths/<split>/<axis> (member,
+                                ε, [left, right]), curvature/<split>/<axis> (member), rise/<split>/<axis>/
+                                {radius,mean,max}; attrs: members, seed,
+                                epsilons (analysis.ensemble); such a file has no root <split> groups
+    /sharpness/<measure>/...    worst-case sharpness at θ* per batch of m examples (landscape sharpness): x
+                                (batch index), rise, loss, loss_max, radius, mask; settings (ρ, m, steps,
+                                definition) as attrs (analysis.sharpness)
     /directions/eigenvalues     with Hessian-eigenvector directions (--xdir hessian:K): λ of each, and
     /directions/residuals       the residuals ‖H y − λ y‖
     attrs: format, format_version, config (YAML), job (JSON of what identifies
@@ -60,7 +69,11 @@ TRACE_MAP = "hessian_trace"  # the trace map: trace, ci_low, ci_high, n_hvp, mas
 TRACE_VALUES = ("trace", "ci_low", "ci_high", "n_hvp")
 TOPK_MAP = "hessian_topk"  # the top-k map: lambda_1..k, residual_1..k, n_hvp, mask
 SPECTRUM = "spectrum"  # spectra at single points: spectrum/<label>/...
-NOT_SPLITS = ("directions", HESSIAN, TRAJECTORY, TRACE_MAP, TOPK_MAP, SPECTRUM)  # groups of the root that are not splits
+SHARPNESS = "sharpness"  # worst-case sharpness at θ*: sharpness/<measure>/{rise,loss,loss_max,radius,mask}, per batch
+ENSEMBLE = "ensemble"  # a direction ensemble: ensemble/<split>/<metric>, ensemble/mask, ensemble/stats ...
+ENSEMBLE_MASK = f"{ENSEMBLE}/{MASK}"
+#: groups of the root that are not splits
+NOT_SPLITS = ("directions", HESSIAN, TRAJECTORY, TRACE_MAP, TOPK_MAP, SPECTRUM, ENSEMBLE, SHARPNESS)
 
 
 def mpi_h5py() -> bool:
@@ -93,17 +106,21 @@ def create(path: str | Path, grid: Grid, metrics: list[str], *, mask: str = "mas
 
 
 def add_axes(g: h5py.Group, grid: Grid) -> None:
-    """x (and y) of `grid` in group `g`, made HDF5 dimension scales for the datasets beside them."""
-    for name, coords in (("x", grid.x), ("y", grid.y)):
+    """x (and y; member for an ensemble grid) of `grid` in group `g`, made HDF5 dimension scales for
+    the datasets beside them."""
+    members = getattr(grid, "members", None)
+    for name, coords in (("x", grid.x), ("y", grid.y), ("member", None if members is None else np.arange(members))):
         if coords is not None:
             g.create_dataset(name, data=coords)
             g[name].make_scale(name)
 
 
 def attach_axes(ds: h5py.Dataset) -> None:
-    """Attach x/y scales to the dataset's dims, (y, x) or (x,): those of its own group, which gets
-    copies of the root's when it has none (xarray reads a group's coordinates from the group)."""
-    names = ("x",) if ds.ndim == 1 else ("y", "x")
+    """Attach x/y scales to the dataset's dims, (y, x) or (x,) (an ensemble's: (member, [y,] x)):
+    those of its own group, which gets copies of the root's when it has none (xarray reads a
+    group's coordinates from the group)."""
+    members = ds.name.startswith(f"/{ENSEMBLE}/")
+    names = ("member",) * members + (("x",) if ds.ndim - members == 1 else ("y", "x"))
     group = ds.parent
     for n in names:
         if n not in group:
@@ -440,6 +457,10 @@ def read_surface(path: str | Path) -> Surface:
                 found = {m: np.asarray(f[split][m][...], dtype=float) for m in names}
                 if found:
                     values[split] = found
+        if not values and ENSEMBLE_MASK in f:
+            raise UserError(f"{str(path)!r} holds a direction ensemble: `landscape plot`, `info` and `report` read it; "
+                            "for Hessian maps, trajectories or the reference export compute one member alone "
+                            "(--seed S --member M, without --ensemble)")
         if not values:
             raise UserError(f"{str(path)!r} has no metric datasets (/<split>/loss or /acc): the job wrote nothing, rerun it")
         if MASK in f:
@@ -464,10 +485,10 @@ def read_surface(path: str | Path) -> Surface:
     return Surface(str(path), x, y, mask, values, provenance, trajectory, hessian, stride)
 
 
-def read_values(path: str | Path, metrics) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def read_values(path: str | Path, metrics, mask: str = MASK) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """({metric: values}, mask) of the named datasets, unchecked (the library's own results)."""
     with open_surface(path) as f:
-        return {m: f[m][...] for m in metrics}, f[MASK][...].astype(bool)
+        return {m: f[m][...] for m in metrics}, f[mask][...].astype(bool)
 
 
 def read_hessian(path: str | Path) -> HessianMap:
@@ -587,3 +608,85 @@ def read_spectra(path: str | Path) -> dict[str, StoredSpectrum]:
             values = {k: (np.array([_text(s) for s in v]) if v.dtype.kind in "OS" else v) for k, v in values.items()}
             out[label] = StoredSpectrum(label, values, {k: _plain(v) for k, v in g.attrs.items()})
         return out
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """A direction ensemble's file: values[split][metric] of shape (members, [len(y),] len(x)), its
+    mask, the stored statistics (ensemble/stats, widths, curvature by relative name; {} until the
+    ensemble is complete) and the group's attributes (members, seed, epsilons, ...)."""
+
+    path: str
+    x: np.ndarray
+    y: np.ndarray | None
+    mask: np.ndarray
+    values: dict
+    stats: dict
+    attrs: dict
+    provenance: Provenance
+
+    @property
+    def members(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def done(self) -> float:
+        return float(self.mask.mean())
+
+
+def is_ensemble(path: str | Path) -> bool:
+    with open_surface(path) as f:
+        return ENSEMBLE_MASK in f
+
+
+def read_ensemble(path: str | Path) -> Ensemble:
+    """Every value of a direction-ensemble file (one-line UserErrors for other or empty files)."""
+    path = Path(path)
+    with open_surface(path) as f:
+        if ENSEMBLE_MASK not in f:
+            raise UserError(f"{str(path)!r} is not a direction ensemble: compute one with --ensemble N")
+        g = f[ENSEMBLE]
+        x = np.asarray(f["x"][...], dtype=float)
+        y = np.asarray(f["y"][...], dtype=float) if "y" in f else None
+        mask = np.asarray(g[MASK][...]).astype(bool)
+        values = {split: {m: np.asarray(d[...], dtype=float) for m, d in g[split].items()
+                          if isinstance(d, h5py.Dataset) and not d.is_scale}
+                  for split in sorted(g, key=_split_order) if isinstance(g[split], h5py.Group)
+                  and split not in ENSEMBLE_RESULTS}
+        stats = {}
+        for name in ENSEMBLE_RESULTS:
+            if name in g:
+                g[name].visititems(lambda k, d, name=name: stats.__setitem__(f"{name}/{k}", d[...])
+                                   if isinstance(d, h5py.Dataset) else None)
+        attrs = {k: _plain(v) for k, v in g.attrs.items()}
+        provenance = read_provenance(f)
+    if not mask.any():
+        raise UserError(f"{str(path)!r}: no point computed yet: wait for the job or check its log")
+    return Ensemble(str(path), x, y, mask, values, stats, attrs, provenance)
+
+
+ENSEMBLE_RESULTS = ("stats", "widths", "curvature", "rise")  # groups of /ensemble that are not splits
+
+
+def write_ensemble_results(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """Replace the ensemble's statistics (names relative to /ensemble, under ENSEMBLE_RESULTS) and
+    set the group's attributes (serial, one process, after the run)."""
+    with open_surface(path, "r+") as f:
+        g = f[ENSEMBLE]
+        for name in ENSEMBLE_RESULTS:
+            if name in g:
+                del g[name]
+        for name, values in arrays.items():
+            g.create_dataset(name, data=values)
+        for k, v in attrs.items():
+            g.attrs[k] = v
+
+
+def read_sharpness(path: str | Path) -> dict[str, HessianMap]:
+    """Every `landscape sharpness` measure of a file by name ({} without any): per batch rise, loss,
+    loss_max, radius on the group's own 1D grid (x: batch index), its mask and settings."""
+    with open_surface(path) as f:
+        if SHARPNESS not in f:
+            return {}
+        names = [m for m in f[SHARPNESS] if isinstance(f[SHARPNESS][m], h5py.Group) and MASK in f[SHARPNESS][m]]
+    return {m: read_map(path, f"{SHARPNESS}/{m}") for m in names}

@@ -1,6 +1,8 @@
 """`landscape info SURFACE.h5`: a short textual summary of a surface file (never imports torch).
 
-Grid, completion (of the surface and of its Hessian map), per split the minimum loss and where,
+Grid, completion (of the surface and of its Hessian map), the curvature results (the trace map
+with the interval at the centre, the top-k map, each spectrum with its eigenvalues, trace and
+per-block table), per split the minimum loss and where,
 the loss at the centre and the sharpness along each axis, the other metrics at the centre (the
 accuracy, the user's own metrics), non-finite values, the trajectory and the provenance
 (fingerprints, directions, seed, versions, the config's model and data). For a causal LM (the task
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.surface_file import METRICS, read_surface
+from ..errors import UserError
+from ..io.surface_file import METRICS, TOPK_MAP, TRACE_MAP, read_map, read_sharpness, read_spectra, read_surface
 
 
 def _fmt(v) -> str:
@@ -97,6 +100,94 @@ def _selection(params) -> str:
     return text
 
 
+def _optional(read, *args):
+    try:
+        return read(*args)
+    except UserError:  # the file has no such group
+        return None
+
+
+def _map_head(name: str, m) -> tuple[str, tuple, str]:
+    """'<name>: n/N points (p%), stride s', the map's centre index and where it is."""
+    done, total = int(m.mask.sum()), m.mask.size
+    stride = m.settings.get("stride")
+    ix = _centre(m.x)
+    centre = (ix,) if m.y is None else (_centre(m.y), ix)
+    where = f"α = {_fmt(m.x[ix])}" + ("" if m.y is None else f", β = {_fmt(m.y[centre[0]])}")
+    return (f"  {name}: {done}/{total} points ({100 * done / total:.1f}%)" + (f", stride {stride}" if stride else ""),
+            centre, where)
+
+
+def _extreme(m, values: np.ndarray, largest: bool) -> str:
+    """'v at (α = a, β = b)' of the largest (or smallest) computed, finite value, or n/a."""
+    v = np.where(m.mask & np.isfinite(values), values, np.nan)
+    if not np.isfinite(v).any():
+        return "n/a"
+    k = np.unravel_index(int(np.nanargmax(v) if largest else np.nanargmin(v)), v.shape)
+    return f"{_fmt(v[k])} at (α = {_fmt(m.x[k[-1]])}" + ("" if m.y is None else f", β = {_fmt(m.y[k[0]])}") + ")"
+
+
+def curvature_lines(path) -> list[str]:
+    """The trace map, the top-k map and each spectrum of surface file `path`, as info's lines
+    ([] for a file without them)."""
+    lines = []
+    trace, topk, spectra = (_optional(read_map, path, TRACE_MAP), _optional(read_map, path, TOPK_MAP),
+                            _optional(read_spectra, path) or {})
+    if trace is not None:
+        head, c, where = _map_head("trace map", trace)
+        a, v = trace.settings, trace.values
+        at = lambda name: _at(np.where(trace.mask, v[name], np.nan), c)  # noqa: E731
+        bad = int((trace.mask & ~np.isfinite(v["trace"])).sum())
+        h = "G" if a.get("curvature") == "ggn" else "H"
+        lines.append(f"{head}; tr {h}, {a.get('estimator')} with {a.get('samples')} products; non-finite {bad}")
+        lines.append(f"    at the centre ({where}): {_fmt(at('trace'))}, 95% interval [{_fmt(at('ci_low'))}, "
+                     f"{_fmt(at('ci_high'))}]; lowest {_extreme(trace, v['trace'], False)}, highest "
+                     f"{_extreme(trace, v['trace'], True)}")
+    if topk is not None:
+        head, c, where = _map_head("top-k map", topk)
+        v = topk.values
+        k = len([n for n in v if n.startswith("lambda_")])
+        at = lambda name: _at(np.where(topk.mask, v[name], np.nan), c) if name in v else None  # noqa: E731
+        values = ", ".join(f"λ{i} {_fmt(at(f'lambda_{i}'))} ± {_fmt(at(f'residual_{i}'))}" for i in range(1, k + 1))
+        bad = int((topk.mask & ~np.isfinite(v["lambda_1"])).sum()) if "lambda_1" in v else 0
+        lines.append(f"{head}; k {k}; non-finite {bad}")
+        lines.append(f"    at the centre ({where}): {values}; highest λ1 "
+                     f"{_extreme(topk, v['lambda_1'], True) if 'lambda_1' in v else 'n/a'}")
+    for label, s in spectra.items():
+        v, a = s.values, s.settings
+        point = a.get("point", [])
+        where = "θ*" if label == "theta_star" else ", ".join(f"{n} = {_fmt(c)}" for n, c in zip("αβ", point))
+        eig = ", ".join(f"{_fmt(e)} ± {_fmt(r)}" for e, r in zip(v.get("eigenvalues", []), v.get("residuals", [])))
+        ci = v.get("trace_ci", [np.nan, np.nan])
+        h = "G" if a.get("curvature") == "ggn" else "H"
+        n = a.get("n_params")
+        lines.append(f"  spectrum {label} ({where}): {f'{n:,} parameters, ' if isinstance(n, int) else ''}"
+                     f"density {a.get('slq_runs')} × {a.get('slq_steps')} SLQ steps")
+        lines.append(f"    top eigenvalues {eig or 'n/a'}{'' if a.get('converged', True) else ' (not all converged)'}; "
+                     f"tr {h} {_fmt(float(v['trace'])) if 'trace' in v else 'n/a'}, 95% interval [{_fmt(ci[0])}, "
+                     f"{_fmt(ci[1])}]")
+        if "blocks/names" in v:
+            for i, name in enumerate(v["blocks/names"]):
+                bci = v["blocks/trace_ci"][i]
+                lines.append(f"    block {name}: {int(v['blocks/numel'][i]):,} parameters, λmax "
+                             f"{_fmt(v['blocks/lambda_max'][i])}, trace {_fmt(v['blocks/trace'][i])} "
+                             f"[{_fmt(bci[0])}, {_fmt(bci[1])}]")
+    return lines
+
+
+def sharpness_lines(path) -> list[str]:
+    """Each `landscape sharpness` measure of the file: its mean over the batches done and its settings."""
+    lines = []
+    for measure, m in read_sharpness(path).items():
+        rise, a = m.values["rise"][m.mask], m.settings
+        unit = "%" if measure == "keskar" else ""
+        spread = f", σ over batches {np.std(rise, ddof=1):.4g}{unit}" if len(rise) > 1 else ""
+        lines.append(f"sharpness {measure} (ρ {a.get('rho')}, m {a.get('m')}, {a.get('steps')} steps): "
+                     + (f"{np.mean(rise):.6g}{unit} over {len(rise)}/{m.mask.size} batches{spread}" if len(rise)
+                        else f"0/{m.mask.size} batches done"))
+    return lines
+
+
 def info(path) -> str:
     """The summary of surface file `path` as text (raises UserError for a file that is not one)."""
     surf = read_surface(path)
@@ -115,6 +206,8 @@ def info(path) -> str:
         h, ht = int(surf.hessian_mask.sum()), surf.hessian_mask.size
         stride = surf.hessian_stride
         lines.append(f"  hessian map: {h}/{ht} points ({100 * h / ht:.1f}%)" + (f", stride {stride}" if stride else ""))
+    lines += curvature_lines(path)
+    lines += [f"  {line}" for line in sharpness_lines(path)]
     ix = _centre(surf.x)
     iy = _centre(surf.y) if two_d else None
     centre = (ix,) if not two_d else (iy, ix)

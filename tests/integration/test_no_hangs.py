@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import h5py
+import pytest
 
 from conftest import ROOT, cli_env, command
 
@@ -78,3 +79,55 @@ def test_a_rank_that_fails_mid_run_ends_the_job_and_the_file_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with h5py.File(path) as f:
         assert f["mask"][...].all()
+
+
+API_RUN = """
+import sys
+from pathlib import Path
+import torch
+from landscape import engine
+from landscape.api import compute_surface
+from landscape.core.data import load_dataset
+from failing_factory import mlp
+comm = engine.world()
+out, group = Path(sys.argv[1]), int(sys.argv[2])
+data = load_dataset("digits", splits=["train"], subset=(64, "first"))
+torch.manual_seed(0)  # the same θ* on every rank and in every run
+try:
+    compute_surface(mlp(), data, surf_file=out / "s.h5", x="-1:1:9", y="-1:1:9", ranks_per_point=group, progress=False,
+                    points_per_pass=1, channels_last=False, compile=False)
+    text = "finished"
+except Exception as exc:
+    text = f"{type(exc).__name__}: {exc}"
+(out / f"rank{comm.rank}.txt").write_text(text)  # one file per rank: mpirun interleaves the ranks' output
+"""
+
+
+def api_run(tmp_path, ranks: int, group: int, fail: str | None):
+    env = dict(cli_env(), **({"LANDSCAPE_TEST_FAIL": fail} if fail else {}))
+    for old in tmp_path.glob("rank*.txt"):
+        old.unlink()
+    proc = subprocess.run(["mpirun", "-n", str(ranks), sys.executable, "-c", API_RUN, str(tmp_path), str(group)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # a hang fails here
+    assert proc.returncode == 0, proc.stderr
+    outcomes = {int(p.stem[4:]): p.read_text() for p in tmp_path.glob("rank*.txt")}
+    assert sorted(outcomes) == list(range(ranks)), proc.stderr
+    with h5py.File(tmp_path / "s.h5") as f:
+        return outcomes, int(f["mask"][...].sum())
+
+
+@pytest.mark.parametrize("ranks,group,rank", [(4, 2, 1), (2, 2, 0), (2, 1, 1)])
+def test_a_rank_that_fails_mid_run_of_the_api_makes_every_rank_raise(tmp_path, ranks, group, rank):
+    """compute_surface (no CLI, which would abort the job) under mpirun: one rank's MLP raises after 20 forward
+    passes, a member of a group of 2 (its leader waits in the group's sum), a group's leader, or a rank alone. Every
+    rank raises instead of waiting (the failing one its own error, the others RankFailed naming it), the points
+    written are kept, and the same job without the failure resumes them to the end."""
+    outcomes, done = api_run(tmp_path, ranks, group, f"{rank}:20")
+    assert outcomes[rank] == f"RuntimeError: injected failure on rank {rank}"
+    for r in set(range(ranks)) - {rank}:
+        assert outcomes[r] == (f"RankFailed: rank {rank} failed (RuntimeError: injected failure on rank {rank}); "
+                               "this rank stops too"), outcomes[r]
+    assert 0 < done < 81
+    if ranks == 4:
+        outcomes, done = api_run(tmp_path, ranks, group, None)
+        assert set(outcomes.values()) == {"finished"} and done == 81

@@ -55,22 +55,17 @@ def group(path, name):
         return out, dict(f[name].attrs)
 
 
-def test_eigenvector_surface_equals_a_brute_force_loop(tmp_path):
-    """--xdir hessian:1 --ydir hessian:-1 --xnorm none: orthonormal directions keyed by tensor name, their
-    eigenvalues stored (Rayleigh quotients of the dense-free products match), every grid value equal to the
-    mean loss at θ* + αu + βv computed by hand; a rerun resumes without recomputing the directions."""
-    path = surface(tmp_path / "e.h5", x="-0.5:0.5:3", y="-0.5:0.5:3", xdir="hessian:1", ydir="hessian:-1", xnorm="none")
+def stored_directions(path):
     with h5py.File(path) as f:
         dirs = [{k: torch.from_numpy(f[f"directions/{a}/{k}"][...]) for k in f[f"directions/{a}"]} for a in "xy"]
-        loss = f["train/loss"][...]
-        values, residuals = f["directions/eigenvalues"][...], f["directions/residuals"][...]
+        return dirs, f["train/loss"][...], f["directions/eigenvalues"][...], f["directions/residuals"][...]
+
+
+def assert_brute_force(path):
+    """Every grid value of the 3×3 plane equals the mean loss at θ* + αu + βv along the file's own directions."""
+    dirs, loss, _, _ = stored_directions(path)
     model = build_model("digits_mlp", seed=0)
     names = [n for n, _ in model.named_parameters()]
-    assert all(set(d) == set(names) for d in dirs)
-    u, v = (torch.cat([d[n].reshape(-1) for n in names]).double() for d in dirs)
-    assert float(u @ u) == pytest.approx(1, abs=1e-6) and float(v @ v) == pytest.approx(1, abs=1e-6)
-    assert abs(float(u @ v)) < 1e-5
-    assert values[0] > 0 > values[1] and np.all(residuals < 1e-3 * np.abs(values).max())
     train = load_dataset("digits")["train"]
     theta = {n: p.detach() for n, p in model.named_parameters()}
     for iy, b in enumerate([-0.5, 0.0, 0.5]):
@@ -80,6 +75,35 @@ def test_eigenvector_surface_equals_a_brute_force_loop(tmp_path):
                 out = functional_call(model, params, (train.inputs,))
             want = float(torch.nn.functional.cross_entropy(out.double(), train.labels))
             assert loss[iy, ix] == pytest.approx(want, rel=1e-5), (a, b)
+
+
+def test_eigenvector_surface_equals_a_brute_force_loop(tmp_path):
+    """--xdir hessian:1 --ydir hessian:-1 --xnorm none: orthonormal directions keyed by tensor name, their
+    eigenvalues stored (Rayleigh quotients of the dense-free products match), every grid value equal to the
+    mean loss at θ* + αu + βv computed by hand; a rerun resumes without recomputing the directions. On 2 ranks
+    (real mpirun: the subset shared, products summed, rank 0's vectors broadcast) the stored directions equal the
+    1-rank job's within 1e-6 and every point, whichever rank computed it, is on the brute-force loop."""
+    path = surface(tmp_path / "e.h5", x="-0.5:0.5:3", y="-0.5:0.5:3", xdir="hessian:1", ydir="hessian:-1", xnorm="none")
+    dirs, _, values, residuals = stored_directions(path)
+    model = build_model("digits_mlp", seed=0)
+    names = [n for n, _ in model.named_parameters()]
+    assert all(set(d) == set(names) for d in dirs)
+    u, v = (torch.cat([d[n].reshape(-1) for n in names]).double() for d in dirs)
+    assert float(u @ u) == pytest.approx(1, abs=1e-6) and float(v @ v) == pytest.approx(1, abs=1e-6)
+    assert abs(float(u @ v)) < 1e-5
+    assert values[0] > 0 > values[1] and np.all(residuals < 1e-3 * np.abs(values).max())
+    assert_brute_force(path)
+    two = tmp_path / "two.h5"
+    mpirun(["surface", "--model", "digits_mlp", "--x=-0.5:0.5:3", "--y=-0.5:0.5:3", "--xdir", "hessian:1", "--ydir",
+            "hessian:-1", "--xnorm", "none", "--surf_file", str(two), "--threads", "1", "--no-plot", "--no-progress"])
+    dirs2, _, values2, residuals2 = stored_directions(two)
+    for d, d2 in zip(dirs, dirs2):
+        for n in names:
+            np.testing.assert_allclose(d2[n].numpy(), d[n].numpy(), atol=1e-6, err_msg=n)
+    np.testing.assert_allclose(values2, values, rtol=1e-5)
+    assert not np.array_equal(values2, values)  # float32 sums over two shares: the products were shared, not redone
+    assert np.all(residuals2 < 1e-3 * np.abs(values2).max())
+    assert_brute_force(two)
     again = surface_job(build_job({"model": "digits_mlp", **QUIET, "surf_file": str(path), "x": "-0.5:0.5:3",
                                    "y": "-0.5:0.5:3", "xdir": "hessian:1", "ydir": "hessian:-1", "xnorm": "none"}))
     assert again.summary.computed == 0 and again.summary.complete
@@ -179,6 +203,21 @@ def test_killed_map_resumes(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["hessian", "{f}", "--map", "topk", "--k", "0"], "--k 0 must be between 1 and --max_iter 100"),
     (["hessian", "{f}", "--map", "trace", "--samples", "3"], "--samples 3 is too few for hutchpp"),
+    (["hessian", "{f}", "--map", "topk", "--k", "3", "--basis", "3"], "--basis 3 must be 0 (automatic) or at least --k + "
+     "--start_vectors = 4"),
+    (["spectrum", "{f}", "--k", "3", "--start_vectors", "2", "--basis", "4"], "--basis 4 must be 0 (automatic) or at least"),
+    (["spectrum", "{f}", "--start_vectors", "0"], "--start_vectors 0 must be at least 1"),
+    (["hessian", "{f}", "--k", "5"], "--k is read only by --map topk, not --map extremes: leave out --k or add --map topk"),
+    (["hessian", "{f}", "--curvature", "ggn"], "--curvature is read only by --map trace or --map topk, not --map extremes"),
+    (["hessian", "{f}", "--samples", "10"], "--samples is read only by --map trace, not --map extremes"),
+    (["hessian", "{f}", "--map", "extremes", "--estimator", "hutchinson"], "--estimator is read only by --map trace"),
+    (["hessian", "{f}", "--map", "topk", "--samples", "10"], "--samples is read only by --map trace, not --map topk"),
+    (["hessian", "{f}", "--map", "topk", "--estimator", "hutchinson"], "--estimator is read only by --map trace, not --map topk"),
+    (["hessian", "{f}", "--map", "trace", "--k", "2"], "--k is read only by --map topk, not --map trace"),
+    (["hessian", "{f}", "--map", "trace", "--max_iter", "50"], "--max_iter is read only by --map extremes or --map topk, "
+     "not --map trace"),
+    (["hessian", "{f}", "--map", "trace", "--tol", "1e-4"], "--tol is read only by --map extremes or --map topk"),
+    (["hessian", "{f}", "--start_vectors", "2"], "--start_vectors is read only by --map topk, not --map extremes"),
     (["spectrum", "{f}", "--point", "1,2,3"], "has 3 coordinate(s) but the surface is 2D"),
     (["spectrum", "{f}", "--point", "a"], "--point 'a' is not α or α,β"),
     (["spectrum", "{f}", "--blocks", "nope"], "--blocks 'nope' matches no trainable parameter"),
@@ -198,6 +237,49 @@ def test_mistakes_are_one_line(plane, tmp_path, capsys, args, message):
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_map_vectors_are_planned_before_any_work(plane, tmp_path, monkeypatch, capsys):
+    """The trace map holds the Rademacher signs (int8, samples·n bytes) and Hutch++ also A S, its QR copy and Q
+    (3·⌊samples/3⌋·n float64); the top-k map its bounded basis ((2·basis + 3·start_vectors)·n float64). A budget between
+    the former Hutch++ plan (2·⌊samples/3⌋·n float64) and the real need is refused in one line before the map's
+    group is created; Hutchinson, which needs less, runs in it."""
+    from landscape.analysis.spectrum import eigenpairs_bytes, trace_bytes
+
+    n, s = 4810, 300
+    assert trace_bytes(n, s, "hutchpp") == s * n + 4 * n * 8 + 3 * 100 * n * 8
+    assert trace_bytes(n, s, "hutchinson") == s * n + 4 * n * 8
+    assert trace_bytes(n, 5000, "hutchpp") == 4 * n * 8  # n ≤ samples: the exact trace
+    assert eigenpairs_bytes(n, 3) == (2 * 20 + 3) * n * 8 and eigenpairs_bytes(n, 3, basis=8, block=2) == 22 * n * 8
+    budget = (2 * (s // 3) * n * 8 + trace_bytes(n, s, "hutchpp")) // 2
+    monkeypatch.setattr("landscape.api.memory_budget", lambda device, sharing=1: budget)
+    path = shutil.copy(plane, tmp_path / "m.h5")
+    args = ["hessian", str(path), "--subset", "128", "--threads", "1", "--no-plot", "--no-progress", "--stride", "2"]
+    assert main([*args, "--map", "trace", "--samples", str(s)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the trace map's vectors" in err and "lower --samples" in err, err
+    with h5py.File(path) as f:
+        assert "hessian_trace" not in f
+    monkeypatch.setattr("landscape.api.memory_budget", lambda device, sharing=1: eigenpairs_bytes(n, 3) - 1)
+    assert main([*args, "--map", "topk", "--k", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Lanczos basis" in err and "lower --basis" in err, err
+    monkeypatch.setattr("landscape.api.memory_budget", lambda device, sharing=1: budget)
+    assert main([*args, "--map", "trace", "--samples", str(s), "--estimator", "hutchinson"]) == 0
+    values, attrs = group(path, surface_file.TRACE_MAP)
+    assert values["mask"].all() and (values["n_hvp"] == s).all() and attrs["estimator"] == "hutchinson"
+
+
+def test_topk_map_with_a_small_basis_restarts(plane, tmp_path):
+    """--basis 6 (top 3: several restarts per point) gives the default basis's λ1..λ3 within the residuals."""
+    a, b = shutil.copy(plane, tmp_path / "a.h5"), shutil.copy(plane, tmp_path / "b.h5")
+    curvature_map(a, kind="topk", k=3, subset=128, stride=2, tol=1e-6, max_iter=400, threads=1)
+    curvature_map(b, kind="topk", k=3, subset=128, stride=2, tol=1e-6, max_iter=400, basis=6, threads=1)
+    x, _ = group(a, surface_file.TOPK_MAP)
+    y, attrs = group(b, surface_file.TOPK_MAP)
+    assert attrs["basis"] == 6 and attrs["start_vectors"] == 1 and (y["n_hvp"] > x["n_hvp"]).all()
+    for i in (1, 2, 3):
+        assert np.all(np.abs(x[f"lambda_{i}"] - y[f"lambda_{i}"]) <= x[f"residual_{i}"] + y[f"residual_{i}"] + 1e-12)
+
+
 def test_ggn_map_and_its_refusal(tmp_path, capsys):
     """--curvature ggn: the trace of the PSD GGN is positive at every point; with --loss_name mse it is refused."""
     path = surface(tmp_path / "g.h5", x="-1:1:3")
@@ -207,3 +289,45 @@ def test_ggn_map_and_its_refusal(tmp_path, capsys):
     mse = surface(tmp_path / "m.h5", x="-1:1:3", loss_name="mse")
     assert main(["hessian", str(mse), "--map", "trace", "--curvature", "ggn", "--threads", "1", "--no-progress"]) == 2
     assert "--curvature ggn is defined here for softmax cross-entropy" in capsys.readouterr().err
+
+
+def test_curvature_selection_is_the_dense_sub_block(plane, tmp_path, capsys):
+    """--params net.3 (650 parameters: the last Linear), independent of the surface's selection (every tensor):
+    the spectrum's top-3 within their residuals of the dense sub-block's eigenvalues (autograd.functional.hessian
+    of the mean loss over the same 128-example draw, θ outside net.3 fixed), its trace exact (--samples ≥ 650)
+    and equal to the sub-block's trace; the top-k map's λ1 at θ* is the sub-block's too, and a glob that
+    matches nothing is one line."""
+    from landscape.core.data import subset as subset_of
+
+    path = shutil.copy(plane, tmp_path / "p.h5")
+    r = spectrum_job(path, params="net.3", subset=128, k=3, tol=1e-8, max_iter=400, samples=700, slq_runs=1,
+                     slq_steps=10, threads=1)
+    model = build_model("digits_mlp", seed=0).double()
+    data = subset_of(load_dataset("digits")["train"], 128, "random", "train")
+    X, Y = data.inputs.double(), data.labels
+    named = {n: p.detach() for n, p in model.named_parameters()}
+    shapes = [("net.3.weight", (10, 64)), ("net.3.bias", (10,))]
+
+    def loss(flat):
+        params, i = dict(named), 0
+        for name, shape in shapes:
+            size = int(np.prod(shape))
+            params[name] = flat[i : i + size].view(shape)
+            i += size
+        return torch.nn.functional.cross_entropy(functional_call(model, params, (X,)), Y)
+
+    H = torch.autograd.functional.hessian(loss, torch.cat([named[n].reshape(-1) for n, _ in shapes]))
+    lam = torch.linalg.eigvalsh(H).numpy()[::-1]
+    s = r.spectrum
+    assert s.n == 650 and s.eig.converged and s.trace.method == "exact"
+    assert np.all(np.abs(s.eig.values - lam[:3]) <= s.eig.residuals + 1e-5 * lam[0]), (s.eig.values, lam[:3])
+    assert s.trace.estimate == pytest.approx(float(torch.trace(H)), rel=1e-5)
+    _, attrs = group(path, r.group)
+    assert '"net.3"' in attrs["params"] and attrs["n_params"] == 650
+    res = curvature_map(path, kind="topk", k=1, subset=128, tol=1e-8, max_iter=200, params="net.3", threads=1)
+    assert res.summary.complete
+    values, _ = group(path, surface_file.TOPK_MAP)
+    assert abs(values["lambda_1"][1, 2] - lam[0]) <= values["residual_1"][1, 2] + 1e-5 * lam[0]  # (α, β) = (0, 0)
+    assert main(["spectrum", str(path), "--params", "net.9", "--threads", "1", "--force", "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--params 'net.9' matches no tensor" in err, err

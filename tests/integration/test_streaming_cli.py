@@ -5,6 +5,7 @@ iterable Dataset, a token file too large for the process's address-space limit),
 before any work, in one line, the file keeping its points."""
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def write_cifar(root, per_batch=4):
 def test_streamed_cifar_equals_in_memory_with_groups_and_resumes_either_way(tmp_path):
     """ResNet-20 on 20 train and 4 test images: streamed file by file on 2 ranks sharing each point equals the
     surface held in memory on one rank (float32 summation order aside); the streamed run reports its choice;
-    each file resumes with the other way of reading (0 points computed)."""
+    each file resumes with the other way of reading (0 points computed). How many ranks shared a point is
+    recorded in the file's run_options, never in its job: the job stays byte-identical when a rerun changes it."""
     root = write_cifar(tmp_path)
     args = ["--model", "resnet20", "--dataset", "cifar10", "--data_dir", str(root), "--splits", "train,test",
             "--batch_size", "3", *FLAGS]
@@ -53,9 +55,24 @@ def test_streamed_cifar_equals_in_memory_with_groups_and_resumes_either_way(tmp_
     a, b = values(held, keys), values(streamed, keys)
     for k in keys:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    with h5py.File(streamed) as f:
+        job, run_options = f.attrs["job"], json.loads(f.attrs["run_options"])
+    assert run_options["ranks_per_point"] == 2 and run_options["ranks"] == 2
+    assert "ranks_per_point" not in json.loads(job) and "ranks_per_point" not in job
     for path, way in ((held, "no"), (streamed, "yes")):
         again = run_surface([*args, "--data_in_memory", way, "--surf_file", str(path)])
         assert "this run: 0 points" in again.stderr, again.stderr
+    with h5py.File(streamed) as f:
+        assert f.attrs["job"] == job and json.loads(f.attrs["run_options"])["ranks_per_point"] == 1
+
+
+def test_auto_reports_what_it_holds(tmp_path):
+    """`--data_in_memory auto` with data that fit says so, with the size and the memory this rank may use."""
+    proc = run_surface(["--model", "digits_cnn", "--subset", "64", "--splits", "train,test", "--data_in_memory", "auto",
+                        *FLAGS, "--surf_file", str(tmp_path / "s.h5")])
+    for name in ("train", "test"):  # 64 digits of 64 float32 and an int64 label each
+        line = next((x for x in proc.stderr.splitlines() if f"split {name!r}:" in x), "")
+        assert f"split {name!r}: held in memory (16.5 KiB; this rank may use " in line, proc.stderr
 
 
 @pytest.mark.parametrize("factory,ranks,group", [("digits_dataset", 2, 2), ("digits_stream", 1, 1)])

@@ -86,6 +86,17 @@ def test_a_short_run_keeps_the_given_configuration():
     assert s.notes[-1].startswith("configuration as given (contiguous, 1 point(s) per pass)"), s.notes
 
 
+def test_a_short_run_of_a_conv_net_on_the_cpu_runs_channels_last():
+    """Nothing measured: a conv net on a CPU starts (and stays) channels-last, with the plain values."""
+    torch.manual_seed(0)
+    net, data = DigitsCNN(), digits(64)
+    s = compute_surface(net, data, x="-1:1:3")
+    assert s.notes[-1].startswith("configuration as given (channels-last, 1 point(s) per pass)"), s.notes
+    assert s.evaluation.channels_last and net.features[0].weight.is_contiguous()  # the model is left as it was
+    plain = compute_surface(net, data, x="-1:1:3", **PLAIN)
+    np.testing.assert_allclose(s.values["train/loss"], plain.values["train/loss"], rtol=2e-5)
+
+
 def test_the_choice_is_the_same_on_every_rank_and_recorded_as_a_run_option(tmp_path):
     """2 ranks, a grid long enough to tune: one choice (rank 0's) for both ranks, printed once; the file's
     run_options hold it and the job does not; a rerun with forced flags resumes the same file."""
@@ -96,7 +107,7 @@ def test_the_choice_is_the_same_on_every_rank_and_recorded_as_a_run_option(tmp_p
     assert proc.stderr.count("configuration measured:") == 1, proc.stderr
     with h5py.File(path) as f:
         options, job = json.loads(f.attrs["run_options"]), json.loads(f.attrs["job"])
-    assert options["ranks"] == 2 and set(options["evaluation"]) == set(PLAIN)
+    assert options["ranks"] == 2 and set(options["evaluation"]) == {*PLAIN, "fold_bn"}
     assert not {"channels_last", "compile", "points_per_pass"} & set(job)
     again = run_surface([*args, "--points_per_pass", "1", "--no-compile"], ranks=2)
     assert "this run: 0 points" in again.stdout + again.stderr

@@ -4,6 +4,7 @@ time; the choice between memory and disk follows the memory a rank may use."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from landscape.core.data import Holding, accepted_fingerprint, as_split, check_labels, load_dataset, subset
+from landscape.core import data as data_module
+from landscape.core.data import CIFAR_MEAN, CIFAR_STD, Holding, accepted_fingerprint, as_split, check_labels, load_dataset, subset
+from landscape.core.split import Split
 from landscape.core.stream import StreamedSplit
 from landscape.errors import UserError
 
 from conftest import ROOT, cli_env
+from token_corpus import corpus, rows_of, save_tokenizer, train_tokenizer, write_hfdata, write_text
 
 
 def write_cifar(root, per_batch=7):
@@ -116,6 +120,43 @@ def test_cifar_is_streamed_one_file_at_a_time(tmp_path):
     assert streamed("train") < 1.3 * streamed("test"), (streamed("train"), streamed("test"))
 
 
+def cifar_reference_fingerprint(folder, files, rows=None) -> str:
+    """sha256 of the normalized float32 images then the int64 labels, computed here with numpy from the pickles."""
+    parts = []
+    for name in files:
+        with open(folder / name, "rb") as fh:
+            parts.append(pickle.load(fh, encoding="bytes"))
+    data = np.concatenate([np.asarray(b[b"data"]) for b in parts])
+    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in parts])
+    if rows is not None:
+        data, labels = data[rows], labels[rows]
+    mean, std = (np.array(v, dtype=np.float32).reshape(1, 3, 1, 1) for v in (CIFAR_MEAN, CIFAR_STD))
+    x = (data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0) - mean) / std
+    return hashlib.sha256(x.astype(np.float32).tobytes() + labels.tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("subset_arg", [None, (20, "first"), (35, "first"), (20, "random")])
+def test_streamed_cifar_is_fingerprinted_by_the_read_that_finds_its_labels(tmp_path, monkeypatch, subset_arg):
+    """Making a streamed CIFAR-10 split reads each file once, and that read also gives its fingerprint, the one a
+    sha256 of the same images held in memory gives (computed here with numpy): asking for it reads nothing more.
+    Only a random subset, whose rows depend on the split's size, is read again for it."""
+    root = write_cifar(tmp_path)
+    reads = []
+    real = data_module.read_cifar_batch
+    monkeypatch.setattr(data_module, "read_cifar_batch", lambda path: reads.append(path.name) or real(path))
+    streamed = load_dataset("cifar10", data_dir=str(root), splits=["train"], subset=subset_arg, in_memory="no")["train"]
+    files = [f"data_batch_{i}" for i in range(1, 6)]
+    assert reads == files
+    fingerprint = dataclasses.replace(streamed, workers=0).fingerprint()  # any reading happens here, counted
+    random = subset_arg is not None and subset_arg[1] == "random"
+    assert (len(reads) > 5) == random, reads
+    rows = None if subset_arg is None else np.sort(np.random.RandomState(0).permutation(35)[:20]) if random else \
+        np.arange(subset_arg[0])
+    assert fingerprint == cifar_reference_fingerprint(root / "cifar-10-batches-py", files, rows)
+    monkeypatch.undo()
+    assert fingerprint == load_dataset("cifar10", data_dir=str(root), splits=["train"], subset=subset_arg)["train"].fingerprint()
+
+
 def test_token_fingerprints_of_older_files_are_accepted_after_a_full_read(tmp_path):
     """Token data used to be fingerprinted by every id; such a stored fingerprint is accepted once a full read
     of the split confirms it, another one is not; a streamed split's sampled fingerprint is the held one's."""
@@ -132,6 +173,34 @@ def test_token_fingerprints_of_older_files_are_accepted_after_a_full_read(tmp_pa
     other.tofile(tmp_path / "train.bin")
     changed = load_dataset(name, seq_len=16, splits=["train"], in_memory="no")["train"]
     assert accepted_fingerprint(changed, old) != old
+
+
+def test_ids_made_whole_in_memory_are_refused_when_they_cannot_be_held(tmp_path, monkeypatch):
+    """Tokenized text and a datasets column are made whole in memory, never streamed: when their ids may take more
+    than --data_in_memory lets a rank hold (bounded before they are made: 8 bytes a byte of text, 8 an input_ids
+    value), one line says to write a token file, before anything is tokenized; what fits is held and counted."""
+    train, test = corpus()
+    text_file = write_text(tmp_path / "text", train, test)
+    model = f"hf:{save_tokenizer(train_tokenizer(train), tmp_path / 'model')}"
+    ids = np.arange(1000) % 50
+    folder = write_hfdata(tmp_path / "hf", {"input_ids": rows_of(ids)}, {"input_ids": rows_of(ids[:100])})
+    cases = [(f"text:{text_file}", {"model": model}, 8 * len(train.encode()), "tokenized"),
+             (f"hfdata:{folder}", {}, 8 * len(ids), "datasets folder")]
+    for name, kw, bound, words in cases:
+        def load(way, memory, name=name, kw=kw):
+            return load_dataset(name, splits=["train"], seq_len=8, in_memory=way, memory=memory, **kw)["train"]
+
+        with monkeypatch.context() as m:
+            m.setattr(data_module, "encode", lambda *a: pytest.fail("tokenized before the refusal"))
+            for way, memory in (("auto", 2 * bound - 2), ("yes", bound - 1), ("no", 1 << 40)):  # auto: up to half
+                with pytest.raises(UserError) as info:
+                    load(way, memory)
+                message = str(info.value)
+                assert "\n" not in message and "--dataset tokens:PATH" in message and words in message, message
+        held = load("auto", 2 * bound)
+        assert isinstance(held, Split) and held.note.startswith("held in memory"), held.note
+        if name.startswith("hfdata"):
+            assert len(held) == len(ids) // 8
 
 
 def test_holding_follows_the_memory_a_rank_may_use():
