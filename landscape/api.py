@@ -230,8 +230,9 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                 return engine.on_all(comm, lambda: chosen.evaluator(model, splits, directions, device, sharing=sharing,
                                                                     points_per_pass=k, group=group))
 
-            left = grid.size if surf_file is None or job.force else engine.on_root(comm, lambda: surface_file.points_left(surf_file,
-                                                                                                             grid.size))
+            total = grid.size * max(members, 1)
+            left = total if surf_file is None or job.force else engine.on_root(comm, lambda: surface_file.points_left(
+                surf_file, total, surface_file.ENSEMBLE_MASK if members else surface_file.MASK))
             evaluation, evaluator, choice = tuning.tune(
                 evaluation, evaluator, build, channels_last=job.channels_last, compile=job.compile,
                 points_per_pass=job.points_per_pass, points_left=left, groups=comm.size // group.size, comm=comm)

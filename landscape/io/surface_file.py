@@ -231,12 +231,12 @@ def prepare(path: str | Path, grid: Grid, metrics: list[str], job: dict, *, mask
     return np.zeros(grid.size, dtype=bool)
 
 
-def points_left(path: str | Path, size: int) -> int:
+def points_left(path: str | Path, size: int, mask: str = MASK) -> int:
     """Points of an existing surface file not yet computed (`size` when there is no readable file of
     that many points): what a rerun will compute, for planning it."""
     try:
         with h5py.File(path, "r") as f:
-            mask = f[MASK][...]
+            mask = f[mask][...]
         return int(mask.size - mask.sum()) if mask.size == size else size
     except (OSError, KeyError):
         return size

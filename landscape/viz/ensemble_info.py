@@ -10,11 +10,17 @@ from ..io import surface_file
 from .info import sharpness_lines
 
 
+def stored(e: surface_file.Ensemble) -> bool:
+    """The file holds the statistics of its complete ensemble (written when its run completed, and
+    whole: a run stopped while writing them leaves them to be computed here until it is rerun)."""
+    return bool(e.mask.all()) and all(f"stats/{s}/{m}/mean" in e.stats for s, d in e.values.items() for m in d)
+
+
 def ensemble_results(e: surface_file.Ensemble) -> tuple[dict, list[float]]:
     """(statistics by name, ε): the file's when complete, else from the points done so far."""
     given = e.attrs.get("epsilons", e.provenance.config.get("epsilons", "0.1,0.5,1"))  # the job's, until complete
     epsilons = [float(v) for v in (given.split(",") if isinstance(given, str) else np.atleast_1d(given))]
-    if e.stats:
+    if stored(e):
         return e.stats, epsilons
     values = {s: {m: np.where(e.mask, v, np.nan) for m, v in d.items()} for s, d in e.values.items()}
     return stats.results(e.x, e.y, values, epsilons), epsilons
@@ -27,7 +33,7 @@ def summary_lines(path) -> list[str]:
     results, epsilons = ensemble_results(e)
     members_done = int(e.mask.all(axis=tuple(range(1, e.mask.ndim))).sum())
     lines = [f"direction ensemble: {e.members} members (seed {e.provenance.seed}), {members_done} complete, "
-             f"{e.done:.1%} of {e.mask.size} points; statistics {'stored' if e.stats else 'from the points done'}"]
+             f"{e.done:.1%} of {e.mask.size} points; statistics {'stored' if stored(e) else 'from the points done'}"]
 
     def text(d):
         if d["count"] == 0:

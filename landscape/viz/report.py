@@ -57,7 +57,7 @@ from ..io.surface_file import (
     read_surface,
 )
 from .arrays import negative_curvature_ratio, stride
-from .ensemble_info import ensemble_info, ensemble_results
+from .ensemble_info import ensemble_info, ensemble_results, stored
 from .info import info
 
 SCRIPT = Path(__file__).with_name("report.js")
@@ -212,7 +212,7 @@ def ensemble_data(e: Ensemble, title: str) -> dict:
     complete = e.mask.reshape(e.members, -1).all(axis=1)
     started = e.mask.reshape(e.members, -1).any(axis=1)
     ens = {"members": e.members, "shown": k, "members_done": int(complete.sum()), "members_started": int(started.sum()),
-           "n_done": int(e.mask.sum()), "n_total": int(e.mask.size), "stored": bool(e.stats), "epsilons": epsilons,
+           "n_done": int(e.mask.sum()), "n_total": int(e.mask.size), "stored": stored(e), "epsilons": epsilons,
            "values": {sp: {m: _b64(np.where(e.mask, v, np.nan)[:k]) for m, v in d.items()} for sp, d in e.values.items()},
            "stats": {sp: {m: {st: _b64(results[f"stats/{sp}/{m}/{st}"]) for st in ENSEMBLE_STATS
                               if f"stats/{sp}/{m}/{st}" in results} for m in d} for sp, d in e.values.items()},

@@ -440,7 +440,7 @@ def ensembles(tmp_path_factory):
         f["ensemble/mask"][...] = mask
         for key in ("train/loss", "train/acc", "test/loss", "test/acc"):
             f[f"ensemble/{key}"][...] = np.where(mask == 1, f[f"ensemble/{key}"][...], np.nan)
-        for group in ("stats", "widths", "curvature"):
+        for group in ("stats", "widths", "curvature", "rise"):
             del f[f"ensemble/{group}"]
     return d
 
