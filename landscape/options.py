@@ -166,7 +166,9 @@ class Job:
                                      "faster on CPUs in `bench/`); default: tried when the run is long enough to "
                                      "repay it, kept when measured faster (see \"Fast by default\")", "evaluation")
     channels_last: Optional[bool] = option(None, "channels-last memory format for conv nets (1.27–1.7× faster on "
-                                           "CPUs in `bench/`); default: measured at start-up", "evaluation")
+                                           "CPUs in `bench/`); default: channels-last for conv nets on CPUs, contiguous otherwise, "
+                                           "the other one measured at start-up when the run repays it (see \"Fast by "
+                                           "default\")", "evaluation")
     fold_bn: Optional[bool] = option(None, "fold eval-mode batch norm into the convolution before it, recomputed "
                                      "at every call (W·s, (b − μ)·s + β with s = γ/√(σ² + ε); 1.2–1.4× faster on "
                                      "ResNets on CPUs in `bench/`; values within float rounding); default: on for landscape's "

@@ -119,6 +119,9 @@ def export_surface(surf_file: str | Path, out_file: str | Path, *, layouts: dict
         check_output(Path(dir_out), force, surf_file, out)
     arrays = {}
     with surface_file.open_surface(surf_file) as f:
+        if surface_file.ENSEMBLE_MASK in f:
+            raise UserError(f"{str(surf_file)!r} holds a direction ensemble, which the reference tool's files cannot: "
+                            "export one member computed alone (--seed S --member M, without --ensemble)")
         job = json.loads(f.attrs.get("job", "{}"))
         arrays["xcoordinates"] = f["x"][...]
         if "y" in f:

@@ -157,6 +157,8 @@ def test_two_ranks_and_a_resumed_run_equal_one_process(tmp_path, capsys):
     assert main(["info", str(tmp_path / "one.h5")]) == 0
     assert main(["hessian", str(tmp_path / "one.h5"), "--subset", "0", "--no-plot"]) == 2  # one plane only
     assert "holds a direction ensemble" in capsys.readouterr().err
+    assert main(["export-reference", str(tmp_path / "one.h5"), str(tmp_path / "ref.h5")]) == 2
+    assert "holds a direction ensemble" in capsys.readouterr().err and not (tmp_path / "ref.h5").exists()
     compare = ["plot", str(tmp_path / "one.h5"), str(tmp_path / "two.h5"), "--compare", "--format", "png",
                "--out_dir", str(tmp_path / "cmp")]
     assert main([*compare, "--titles", "a,b"]) == 0
