@@ -275,7 +275,8 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                         data_fingerprint={k: accepted_fingerprint(s, stored.get(k)) for k, s in whole.items()})
         meta = {"versions": f"landscape {__version__}, torch {torch.__version__}, numpy {np.__version__}",
                 "seed": int(job.seed), **(attrs or {})}
-        kept = stored_members(model, job, members, norms, ignores, select) if job.store_directions else {}
+        new = job.force or not path.exists()  # `extra` datasets go into a new file only
+        kept = stored_members(model, job, members, norms, ignores, select) if job.store_directions and new else {}
         done = surface_file.prepare(path, grid, evaluator.metrics, identity, mask=mask,
                                     directions=as_arrays(directions), attrs=meta, extra={**(extra or {}), **kept},
                                     force=job.force)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,30 @@ def run_surface(args: list[str], ranks: int = 0, timeout: float = 300, check: bo
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def points_done(path, mask: str = "mask") -> int:
+    """Points a (possibly running) job has marked done in its file; 0 while there is no readable file."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f[mask][...].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+def kill_after(job: subprocess.Popen, path, points: int, mask: str = "mask", timeout: float = 300) -> None:
+    """SIGKILL the job's whole process group (started with start_new_session) once its file marks
+    `points` points done; fails when the job ended before."""
+    try:
+        end = time.monotonic() + timeout
+        while points_done(path, mask) < points and job.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert job.poll() is None, job.stdout.read() if job.stdout else "the job ended before the kill"
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,9 @@ the α = 0 column of each member's plane).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
 
@@ -37,9 +39,9 @@ def per_coordinate(values: np.ndarray) -> dict[str, np.ndarray]:
     v = np.where(np.isfinite(values), values, np.nan)
     count = np.isfinite(v).sum(axis=0)
     out = {"count": count.astype(np.int64)}
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet():
+    with _quiet():
         out["mean"] = np.nanmean(v, axis=0)
-        out["std"] = np.where(count > 1, np.nanstd(v, axis=0, ddof=1) if v.shape[0] > 1 else np.nan, np.nan)
+        out["std"] = np.nanstd(v, axis=0, ddof=1)  # NaN where fewer than 2 members are computed
         out["min"], out["max"] = np.nanmin(v, axis=0), np.nanmax(v, axis=0)
         for q in QUANTILES:
             out[quantile_name(q)] = np.nanquantile(v, q, axis=0)
@@ -144,18 +146,12 @@ def distribution(samples: np.ndarray) -> dict[str, float]:
     return out
 
 
-class _quiet:
+@contextlib.contextmanager
+def _quiet():
     """numpy's warnings for all-NaN slices off (a coordinate no member reached yet)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 def results(x: np.ndarray, y: np.ndarray | None, values: dict, epsilons) -> dict[str, np.ndarray]:

@@ -219,10 +219,11 @@ def surface(job) -> int:
         print(f"[landscape] {summary.text()}", file=sys.stderr)
         print(f"[landscape] surface file: {job.surf_file}")
         if job.plot and summary.complete and job.ensemble:
+            from ..io.surface_file import read_ensemble
             from ..viz.ensemble_figures import plot_ensemble
             from ..viz.ensemble_info import summary_lines
 
-            for line in summary_lines(job.surf_file):
+            for line in summary_lines(read_ensemble(job.surf_file)):
                 print(f"[landscape] {line.strip()}")
             figures = plot_ensemble(job.surf_file)
             print(f"[landscape] figures: {os.path.dirname(job.surf_file) or '.'}/ ({len(figures)} files)")

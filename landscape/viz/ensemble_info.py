@@ -26,10 +26,9 @@ def ensemble_results(e: surface_file.Ensemble) -> tuple[dict, list[float]]:
     return stats.results(e.x, e.y, values, epsilons), epsilons
 
 
-def summary_lines(path) -> list[str]:
+def summary_lines(e: surface_file.Ensemble) -> list[str]:
     """`landscape info` lines of an ensemble: members, completion, and per split the loss at the
     centre and the distributions of basin widths and curvature (mean [95% CI], σ, median)."""
-    e = surface_file.read_ensemble(path)
     results, epsilons = ensemble_results(e)
     members_done = int(e.mask.all(axis=tuple(range(1, e.mask.ndim))).sum())
     lines = [f"direction ensemble: {e.members} members (seed {e.provenance.seed}), {members_done} complete, "
@@ -70,6 +69,6 @@ def ensemble_info(path) -> str:
              f"  x: {e.x[0]:g} .. {e.x[-1]:g} ({len(e.x)} points)"]
     if e.y is not None:
         lines.append(f"  y: {e.y[0]:g} .. {e.y[-1]:g} ({len(e.y)} points)")
-    lines += ["  " + line if not line.startswith("  ") else line for line in summary_lines(path)]
+    lines += ["  " + line if not line.startswith("  ") else line for line in summary_lines(e)]
     lines += [f"  {line}" for line in sharpness_lines(path)]
     return "\n".join(lines)

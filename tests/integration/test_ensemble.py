@@ -4,10 +4,7 @@ curvatures equal the closed form of a quadratic loss; 2 ranks and a resumed run 
 uninterrupted process; the figures and `info` read the file; bad input is one line."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
@@ -19,8 +16,9 @@ from landscape.analysis import ensemble as stats
 from landscape.api import compute_surface
 from landscape.io import surface_file
 
-from conftest import ROOT, cli_env, command, run_surface
+from conftest import ROOT, cli_env, command, kill_after, points_done, run_surface
 
+MASK = surface_file.ENSEMBLE_MASK
 FIXED = ["--channels_last", "--points_per_pass", "1", "--no-compile"]  # files compared bit for bit
 
 
@@ -176,15 +174,8 @@ def test_a_killed_ensemble_resumes_to_the_uninterrupted_file(tmp_path):
     path = tmp_path / "killed.h5"
     job = subprocess.Popen(command([*args, "--surf_file", str(path)], 2), env=dict(cli_env(), LANDSCAPE_SLOW_RANKS="0:3,1:3"),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        end = time.monotonic() + 300
-        while points_done(path) < 40 and job.poll() is None and time.monotonic() < end:
-            time.sleep(0.05)
-        assert job.poll() is None, job.stdout.read()
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-    assert 40 <= points_done(path) < 420
+    kill_after(job, path, 40, MASK)
+    assert 40 <= points_done(path, MASK) < 420
     run_surface([*args, "--surf_file", str(path)], ranks=2)
     a, b = surface_file.read_ensemble(tmp_path / "ref.h5"), surface_file.read_ensemble(path)
     assert b.mask.all()
@@ -192,13 +183,6 @@ def test_a_killed_ensemble_resumes_to_the_uninterrupted_file(tmp_path):
     for name, v in a.stats.items():
         np.testing.assert_array_equal(v, b.stats[name], err_msg=name)
 
-
-def points_done(path) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["ensemble/mask"][...].sum())
-    except (OSError, KeyError):
-        return 0
 
 
 @pytest.mark.parametrize("extra,words", [

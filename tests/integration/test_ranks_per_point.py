@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_env, command, run_surface
+from conftest import ROOT, cli_env, command, kill_after, run_surface
+from conftest import points_done as done
 
 KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
 BASE = ["--model", "digits_cnn", "--x=-1:1:5", "--y=-1:1:3", "--splits", "train,test", "--batch_size", "100",
@@ -77,28 +77,13 @@ def start(path, ranks, *extra, env=None):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def done(path) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["mask"][...].sum())
-    except (OSError, KeyError):
-        return 0
-
-
 def test_sigkill_mid_run_with_groups_resumes_to_the_same_file(tmp_path):
     """4 ranks in 2 groups of 2: SIGKILL of the job after some points, then the same command completes the
     file; it equals an uninterrupted run with the same groups."""
     ref, path = tmp_path / "ref.h5", tmp_path / "killed.h5"
     assert start(ref, 4, "--ranks_per_point", "2").wait(timeout=600) == 0
     job = start(path, 4, "--ranks_per_point", "2")
-    try:
-        end = time.monotonic() + 300
-        while done(path) < 40 and job.poll() is None and time.monotonic() < end:
-            time.sleep(0.05)
-        assert job.poll() is None, job.stdout.read()
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    kill_after(job, path, 40)
     assert 40 <= done(path) < 441
     assert start(path, 4, "--ranks_per_point", "2").wait(timeout=600) == 0
     with h5py.File(ref) as f, h5py.File(path) as g:

@@ -9,17 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-
-from conftest import ROOT, cli_env, command
-
-
-def points_done(path) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["mask"][...].sum())
-    except (OSError, KeyError):
-        return 0
+from conftest import ROOT, cli_env, command, points_done
 
 
 def test_a_stop_on_one_rank_reaches_the_others_at_their_next_point(tmp_path):
