@@ -76,25 +76,30 @@ def weights_dtype(model: nn.Module) -> torch.dtype:
 
 class Snapshot:
     """How a model is laid out, to leave it exactly as it was after an evaluation moved it:
-    each tensor's device and memory format, and the training flags. (Values are the θ writer's
-    and BN recalibration's to put back; requires_grad is never changed.)"""
+    each tensor's device and strides, and the training flags. (Values are the θ writer's and BN
+    recalibration's to put back; requires_grad is never changed.) Strides, not just
+    `is_contiguous()`: a conv weight with one input channel is contiguous in either layout, but
+    its strides decide which one the convolution runs in (channels-last left behind would speed up,
+    and so falsify, a later contiguous measurement: core.tuning)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.training = {m: m.training for m in model.modules()}
-        self.params = {n: (p.device, p.is_contiguous()) for n, p in model.named_parameters()}
-        self.buffers = {n: (b.device, b.is_contiguous()) for n, b in model.named_buffers()}
+        self.params = {n: (p.device, p.stride()) for n, p in model.named_parameters()}
+        self.buffers = {n: (b.device, b.stride()) for n, b in model.named_buffers()}
 
     def restore(self) -> None:
-        def laid_out(t, device, contiguous):
+        def laid_out(t, device, stride):
             t = t.to(device)
-            return t.contiguous() if contiguous else t
+            if t.stride() != stride:
+                t = torch.empty_strided(t.shape, stride, dtype=t.dtype, device=device).copy_(t)
+            return t
 
         for name, p in self.model.named_parameters():
-            if name in self.params and (p.device, p.is_contiguous()) != self.params[name]:
+            if name in self.params and (p.device, p.stride()) != self.params[name]:
                 p.data = laid_out(p.data, *self.params[name])
         for name, b in self.model.named_buffers():
-            if name in self.buffers and (b.device, b.is_contiguous()) != self.buffers[name]:
+            if name in self.buffers and (b.device, b.stride()) != self.buffers[name]:
                 owner, _, attr = name.rpartition(".")
                 setattr(self.model.get_submodule(owner), attr, laid_out(b, *self.buffers[name]))
         for m, flag in self.training.items():

@@ -90,9 +90,13 @@ def test_a_short_run_of_a_conv_net_on_the_cpu_runs_channels_last():
     """Nothing measured: a conv net on a CPU starts (and stays) channels-last, with the plain values."""
     torch.manual_seed(0)
     net, data = DigitsCNN(), digits(64)
+    strides = {n: p.stride() for n, p in net.named_parameters()}
     s = compute_surface(net, data, x="-1:1:3")
     assert s.notes[-1].startswith("configuration as given (channels-last, 1 point(s) per pass)"), s.notes
-    assert s.evaluation.channels_last and net.features[0].weight.is_contiguous()  # the model is left as it was
+    assert s.evaluation.channels_last
+    # the model is left as it was, strides too: the first conv's weight (one input channel) is contiguous in either
+    # layout, and channels-last strides left on it would make a later contiguous run channels-last in disguise
+    assert {n: p.stride() for n, p in net.named_parameters()} == strides
     plain = compute_surface(net, data, x="-1:1:3", **PLAIN)
     np.testing.assert_allclose(s.values["train/loss"], plain.values["train/loss"], rtol=2e-5)
 
