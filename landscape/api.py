@@ -54,7 +54,7 @@ from .core.ensemble import EnsembleEvaluator, member_directions, member_seed
 from .core.evaluate import Evaluation
 from .core.grid import EnsembleGrid, Grid
 from .core.importpath import check_loss, is_import_path
-from .core.memory import check_fits, surface_needs
+from .core.memory import check_fits, example_bytes, surface_needs
 from .core.models import (
     Snapshot,
     batch_statistics,
@@ -179,11 +179,15 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     first = {} if surf_file is None or job.force else engine.on_root(
         comm, lambda: surface_file.read_run_options(surf_file).get("evaluation", {}))
     automatic = {"channels_last": job.channels_last is None, "compile": job.compile is None,
-                 "points_per_pass": job.points_per_pass == 0, "fold_bn": job.fold_bn is None}
-    if first and "fold_bn" not in first:  # a file begun before BN folding existed goes on unfolded
-        first = {**first, "fold_bn": False}
+                 "points_per_pass": job.points_per_pass == 0, "fold_bn": job.fold_bn is None,
+                 "batch_size": job.batch_size == 0}
+    if first:  # a file begun before BN folding (automatic batch sizes) existed goes on unfolded (at 512)
+        first = {"fold_bn": False, "batch_size": options.DEFAULT_BATCH, **first}
     job = dataclasses.replace(job, **{k: first[k] for k, auto in automatic.items() if auto and k in first})
-    evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
+    # an automatic batch size is measured (core.tuning) unless the values depend on the batches
+    auto_batch = job.batch_size == 0 and bn_calibration is None and not batch_statistics(model)
+    batch_size = job.batch_size or options.DEFAULT_BATCH
+    evaluation = Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=batch_size, task=job.task,
                             precision=job.precision, compile=bool(job.compile),
                             channels_last=(tuning.default_layout(model, splits, device) if job.channels_last is None
                                            else job.channels_last),
@@ -207,8 +211,9 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     if group.size > 1:
         splits = engine.on_all(comm, lambda: shares(model, splits, group))
     need = surface_needs(model, directions, splits, device, dir_type=job.dir_type, select=select,
-                         points_per_pass=max(job.points_per_pass, 1), batch_size=job.batch_size)
-    engine.on_all(comm, lambda: check_fits(need, free_memory(device) // sharing, device, sharing))  # before any work
+                         points_per_pass=max(job.points_per_pass, 1), batch_size=batch_size)
+    budget = engine.on_all(comm, lambda: free_memory(device) // sharing)
+    engine.on_all(comm, lambda: check_fits(need, budget, device, sharing))  # before any work
     try:  # on every rank at once: the user's metric function is first called here (core.tasks.UserMetrics)
         evaluator = engine.on_all(comm, lambda: evaluation.evaluator(model, splits, directions, device, sharing=sharing,
                                                                      points_per_pass=max(job.points_per_pass, 1),
@@ -220,12 +225,19 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
     if evaluator.folded:
         notes.append(f"batch norm folded into the convolution before it: {evaluator.folded} pair(s) (--no-fold_bn "
                      "keeps them apart)")
-    run_options = {"ranks_per_point": group.size, "ranks": comm.size,
-                   "evaluation": {"channels_last": evaluation.channels_last, "compile": evaluation.compile,
-                                  "points_per_pass": max(job.points_per_pass, 1)}}
+    room = budget - sum(need.values())  # what this rank may still allocate: the batches' activations
     try:
+        per_example = 0
+        if auto_batch or job.points_per_pass == 0:  # the activations of an example, an upper bound (core.memory)
+            per_example = max(comm.allgather(engine.on_all(comm, lambda: example_bytes(evaluator))))
+        if auto_batch:  # 512, or less where that does not fit
+            batch_size = evaluator.batch_size = tuning.starting_batch(per_example, room)
+            evaluation = dataclasses.replace(evaluation, batch_size=batch_size)
+        run_options = {"ranks_per_point": group.size, "ranks": comm.size,
+                       "evaluation": {"channels_last": evaluation.channels_last, "compile": evaluation.compile,
+                                      "points_per_pass": max(job.points_per_pass, 1), "batch_size": batch_size}}
         engine.on_root(comm, evaluator.check_deterministic)
-        if job.channels_last is None or job.compile is None or job.points_per_pass == 0:  # core.tuning
+        if job.channels_last is None or job.compile is None or job.points_per_pass == 0 or auto_batch:  # core.tuning
             def build(chosen, k):
                 return engine.on_all(comm, lambda: chosen.evaluator(model, splits, directions, device, sharing=sharing,
                                                                     points_per_pass=k, group=group))
@@ -235,7 +247,8 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
                 surf_file, total, surface_file.ENSEMBLE_MASK if members else surface_file.MASK))
             evaluation, evaluator, choice = tuning.tune(
                 evaluation, evaluator, build, channels_last=job.channels_last, compile=job.compile,
-                points_per_pass=job.points_per_pass, points_left=left, groups=comm.size // group.size, comm=comm)
+                points_per_pass=job.points_per_pass, batch_size=auto_batch, room=room, per_example=per_example,
+                points_left=left, groups=comm.size // group.size, comm=comm)
             notes.append(choice.note)
             run_options["evaluation"] = choice.record()
         run_options["evaluation"]["fold_bn"] = bool(evaluator.folded)  # what was folded: kept on resume
@@ -265,7 +278,7 @@ def compute_surface(model: nn.Module, data, *, directions: list[Direction] | Non
         "weights_dtype": str(weights_dtype(model)).removeprefix("torch."),
     }
     if bn_calibration is not None or batch_statistics(model):  # then the values depend on the batches
-        identity["batch_size"] = job.batch_size
+        identity["batch_size"] = batch_size
     if members:
         identity["ensemble"] = {"members": members}
 
@@ -536,8 +549,8 @@ def map_settings(h: HessianInputs, *, stride: int, subset: int, batch_size: int,
 
 def map_evaluation(h: HessianInputs, select: Selection) -> Evaluation:
     job = h.job
-    return Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size, task=job.task,
-                      precision=job.precision, bn_calibration=calibration_split(job, h.train),
+    return Evaluation(dir_type=job.dir_type, loss_name=job.loss_name, batch_size=job.batch_size or options.DEFAULT_BATCH,
+                      task=job.task, precision=job.precision, bn_calibration=calibration_split(job, h.train),
                       select=select)  # the surface's
 
 

@@ -19,6 +19,11 @@ MPI_ENV = {
 }
 
 
+# one evaluation configuration, pinned, for files compared bit for bit: left automatic, each run measures its own
+# (core.tuning), and two configurations differ by float rounding
+FIXED = ["--channels_last", "--points_per_pass", "1", "--no-compile", "--batch_size", "512"]
+
+
 def cli_env() -> dict:
     env = dict(os.environ, **MPI_ENV)
     # the repo root and tests/ (test helper modules such as custom_factory.py)

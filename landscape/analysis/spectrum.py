@@ -783,6 +783,7 @@ def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = Non
     from ..core.directions import alias_groups, normalize, target_tensors
     from ..core.models import batch_statistics
     from ..core.tasks import make_task, resolve_task
+    from ..options import DEFAULT_BATCH
     from .hessian import HessianVectorProduct
     from .trajectory import ModelDirections
 
@@ -823,7 +824,8 @@ def job_eigen_directions(job, model: nn.Module, train, stored: dict | None = Non
         def compute(part, group):
             op = HessianVectorProduct(model, part.inputs.to(dtype) if part.inputs.is_floating_point() else part.inputs,
                                       part.labels, lambda out, y: task.loss(task.output(out), y),
-                                      batch_size=job.batch_size, count=task.count, select=select, group=group)
+                                      batch_size=job.batch_size or DEFAULT_BATCH, count=task.count, select=select,
+                                      group=group)
             found, e = eigen_directions(op, indices, names, tensors, tol=EIGEN_TOL, max_iter=EIGEN_MAX_ITER)
             return found, e.values, e.residuals
 

@@ -62,3 +62,37 @@ def check_fits(need: dict[str, int], budget: int, device, sharing: int = 1) -> N
     fixes += ["hold the weights in bf16 (--dtype bf16)", f"run fewer ranks per {'GPU' if device.type == 'cuda' else 'node'}"]
     raise UserError(f"the surface needs {gib(total)} on {device} ({parts}) but this rank may use {gib(budget)} "
                     f"({sharing} rank(s) share the device's free memory): {', or '.join(fixes)}")
+
+
+def example_bytes(evaluator, examples: int = 8) -> int:
+    """Bytes one more example adds to a forward pass of `evaluator` (a SurfaceEvaluator at θ*), an
+    upper bound for choosing a batch size within the memory budget (core.tuning): on a GPU, the
+    peak allocated above what was allocated before, over a batch of a few examples; on a CPU, the
+    sum of every module's outputs (no_grad frees each once it is used, so the true peak is
+    lower) and the root's; both per example, plus the example itself (a batch slice or copy)."""
+    split = next(iter(evaluator.splits.values()))
+    x, _ = next(split.batches(min(examples, len(split)), evaluator.device))
+    n = len(x)
+    forward = getattr(evaluator.forward, "_orig_mod", evaluator.forward)  # not compiled: no compilation for this
+    modules = forward if isinstance(forward, nn.Module) else evaluator.model
+    cuda = evaluator.device.type == "cuda"
+    total, hooks = 0, []
+    if cuda:
+        torch.cuda.synchronize(evaluator.device)
+        torch.cuda.reset_peak_memory_stats(evaluator.device)
+        base = torch.cuda.memory_allocated(evaluator.device)
+    else:
+        def count(module, inputs, output):
+            nonlocal total
+            total += sum(t.nbytes for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor))
+
+        hooks = [m.register_forward_hook(count) for m in modules.modules() if not list(m.children()) or m is modules]
+    try:
+        with torch.no_grad(), evaluator.autocast():
+            evaluator.task.output(forward(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    if cuda:
+        total = torch.cuda.max_memory_allocated(evaluator.device) - base
+    return int(total / n) + x[:1].nbytes

@@ -1,7 +1,8 @@
 """Fast by default: the evaluation configuration a surface job runs with, measured at start-up.
 
-Left automatic (`--channels_last` / `--compile` not given, `--points_per_pass 0`), the memory
-format, the points per pass K and torch.compile are chosen from timings of a few batches at θ*:
+Left automatic (`--channels_last` / `--compile` not given, `--points_per_pass 0`, `--batch_size 0`),
+the batch size, the memory format, the points per pass K and torch.compile are chosen from timings
+of a few batches at θ*:
 
 - a configuration's time per point t is that of the first BATCHES batches of each split at
   θ* + tiny steps (best of REPEATS, after one warm-up call), scaled to the whole splits;
@@ -9,9 +10,15 @@ format, the points per pass K and torch.compile are chosen from timings of a few
   SHARE of the run's estimated time with the given configuration, (points left / groups) · t;
 - the run starts from channels-last for a conv net on a CPU, else contiguous (`default_layout`),
   which is what it keeps when nothing else can be measured;
-- candidates: contiguous or channels-last (only for 4-D floating-point inputs into 2-D
-  convolutions) × K ∈ {1, 4, 16} (K = 1 when BN statistics are re-estimated at every point); a
-  flag fixes its choice;
+- the batch size first (`search_batch_size`), from `starting_batch` (512, options.DEFAULT_BATCH,
+  halved until its activations fit HEADROOM of the memory left: an upper bound per example,
+  core.memory.example_bytes; set even for a run too short to measure): doubled while each step
+  is STEP times faster, else halved likewise, among sizes that fit (times K); never where it
+  changes values (BN with batch statistics or re-estimated at every point: 512) or where the data
+  are streamed (a loader per size);
+- then, at that batch size: contiguous or channels-last (only for 4-D floating-point inputs into
+  2-D convolutions) × K ∈ {1, 4, 16} (K = 1 when BN statistics are re-estimated at every point;
+  only K that fit); a flag fixes its choice;
 - compile is tried on the fastest candidate only when the estimated run takes more than
   COMPILE_WORTH seconds (compiling a ResNet on a CPU takes 20-60 s), and kept when faster;
 - every rank measures at once (as loaded as it is in the run); a candidate that fails on any
@@ -31,10 +38,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..options import DEFAULT_BATCH
+from .stream import StreamedSplit
+
 BATCHES, REPEATS = 2, 2
 MARGIN = 1.1  # another configuration is taken only when this many times faster than the given one
 SHARE = 0.05  # the measurements may cost at most this share of the run's estimated time
 COMPILE_WORTH = 600.0  # seconds of estimated run time before compiling is tried
+STEP = 1.03  # a batch size twice (half) as large is taken when this many times faster
+MIN_BATCH = 32
+HEADROOM = 0.5  # the activations of a batch may take at most this share of the room left on the device
 
 
 @dataclass(frozen=True)
@@ -44,10 +57,12 @@ class Choice:
     channels_last: bool
     compile: bool
     points_per_pass: int
+    batch_size: int
     note: str
 
     def record(self) -> dict:
-        return {"channels_last": self.channels_last, "compile": self.compile, "points_per_pass": self.points_per_pass}
+        return {"channels_last": self.channels_last, "compile": self.compile, "points_per_pass": self.points_per_pass,
+                "batch_size": self.batch_size}
 
 
 def seconds_per_point(evaluator, batches: int = BATCHES, repeats: int = REPEATS) -> tuple[float, float]:
@@ -74,6 +89,17 @@ def seconds_per_point(evaluator, batches: int = BATCHES, repeats: int = REPEATS)
     return best / k * scale, time.perf_counter() - start
 
 
+def measured(evaluator, comm) -> tuple[float, float] | None:
+    """Rank 0's (seconds per point, seconds measuring) for `evaluator` as configured, measured on
+    every rank at once; None when it failed on some rank (out of memory, vmap cannot run the model)."""
+    try:
+        timing = seconds_per_point(evaluator)
+    except Exception:
+        timing = None
+    ok = all(comm.allgather(timing is not None))
+    return comm.bcast(timing, root=0) if ok else None
+
+
 def convolves(model, splits) -> bool:
     """4-D floating-point inputs into a model with 2-D convolutions: what channels-last can speed up."""
     firsts = [s.head(1).inputs for s in splits.values()]  # one example (a streamed split has no .inputs)
@@ -88,28 +114,90 @@ def default_layout(model, splits, device) -> bool:
     return torch.device(device).type == "cpu" and convolves(model, splits)
 
 
+def search_batch_size(evaluator, t_given: float, unit: float, budget: float, fits, comm) -> tuple[int, float, dict]:
+    """(batch size, its seconds per point, {size: seconds per point} of those measured): from the evaluator's batch size B,
+    doubling while each step is STEP times faster, else halving likewise (not below MIN_BATCH, not past
+    one batch holding the largest split, only sizes that `fits`), while the measurements, each
+    estimated from `unit` (one at B) by its examples, stay within `budget`; B again unless the size
+    found is MARGIN times faster."""
+    given = best = evaluator.batch_size
+    t_best, spent, tried = t_given, 0.0, {given: t_given}
+    largest = max(len(s) for s in evaluator.splits.values())
+    for step in (2.0, 0.5):
+        size = best
+        while True:
+            size = int(size * step)
+            if size < MIN_BATCH or (step > 1 and size // 2 >= largest) or not fits(size, evaluator.points_per_call):
+                break
+            if spent + unit * min(size, largest) / min(given, largest) > budget:
+                break
+            evaluator.batch_size = size
+            timing = measured(evaluator, comm)
+            if timing is None:
+                break
+            spent += timing[1]
+            tried[size] = timing[0]
+            if timing[0] * STEP >= t_best:
+                break
+            best, t_best = size, timing[0]
+        if best != given:  # larger batches helped: smaller ones are not tried
+            break
+    if t_best * MARGIN > t_given:
+        best, t_best = given, t_given
+    evaluator.batch_size = best
+    return best, t_best, tried
+
+
+def starting_batch(per_example: int, room: float) -> int:
+    """The batch size an automatic one starts from: options.DEFAULT_BATCH, halved until the
+    activations of a batch (`per_example` bytes each, core.memory.example_bytes) fit HEADROOM of
+    `room`, the bytes this rank may still allocate on its device."""
+    size = DEFAULT_BATCH
+    while size > 1 and size * per_example > room * HEADROOM:
+        size //= 2
+    return size
+
+
 def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: bool | None, points_per_pass: int,
-         points_left: int, groups: int, comm):
+         batch_size: bool, room: float, per_example: int, points_left: int, groups: int, comm):
     """(evaluation, evaluator, Choice): the fastest configuration among those the flags leave
-    open (None / 0: automatic; see the module docstring). `evaluator` is built with the given
-    configuration (automatic ones off, K = 1); `build(evaluation, k)` builds another one.
+    open (None / 0: automatic; `batch_size`: whether the batch size is; see the module docstring).
+    `evaluator` is built with the given configuration (automatic ones off, K = 1, the starting batch
+    size); `build(evaluation, k)` builds another one. `room`: the bytes this rank may still allocate
+    on its device, `per_example`: the activation bytes of an example (see `starting_batch`).
     Collective over `comm`: every rank calls it with the same arguments."""
-    fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), "")
+    fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), evaluator.batch_size, "")
     t_given, unit = comm.bcast(seconds_per_point(evaluator), root=0)  # unit: one measurement at K = 1
     run = points_left / max(groups, 1) * t_given
     budget = run * SHARE  # what the measurements may cost
+    def fits(size: int, k: int) -> bool:  # the activations of k points of `size` examples within the room
+        return size * k * per_example <= room * HEADROOM
+
+    t_start, searched = t_given, ""
+    if batch_size and evaluator.bn is None and not any(isinstance(s, StreamedSplit) for s in evaluator.splits.values()):
+        size, t_start, tried = search_batch_size(evaluator, t_given, unit, budget, fits, comm)
+        largest = max(len(s) for s in evaluator.splits.values())
+        budget -= sum(unit * min(b, largest) / min(fixed.batch_size, largest) for b in tried if b != fixed.batch_size)
+        if len(tried) > 1:
+            searched = ", ".join(f"batch {b} {t * 1e3:.3g} ms" for b, t in tried.items())
+        if size != fixed.batch_size:
+            evaluation = dataclasses.replace(evaluation, batch_size=size)
+            unit *= min(size, largest) / min(fixed.batch_size, largest)
+    start = dataclasses.replace(fixed, batch_size=evaluator.batch_size)
     layouts = [fixed.channels_last]
     if channels_last is None and convolves(evaluator.model, evaluator.splits) and 2 * unit <= budget:
         layouts = [fixed.channels_last, not fixed.channels_last]
     ks = [fixed.points_per_pass]
     if points_per_pass == 0 and evaluator.bn is None:
-        ks += [k for k in (4, 16) if unit * len(layouts) * (1 + 4 + k) <= budget]
+        ks += [k for k in (4, 16) if unit * len(layouts) * (1 + 4 + k) <= budget and fits(start.batch_size, k)]
     candidates = [(cl, k) for cl in layouts for k in ks]
     if len(candidates) == 1 and not (compile is None and run > COMPILE_WORTH):
-        return evaluation, evaluator, dataclasses.replace(fixed, note=(
-            f"configuration as given ({describe(fixed)}): the run, about {run:.3g} s per rank, is too short to repay "
-            "measuring others" + ("; BN statistics are re-estimated at every point: 1 point per pass"
-                                  if evaluator.bn is not None and points_per_pass == 0 else "")))
+        reasons = [] if searched else [f"the run, about {run:.3g} s per rank, is too short to repay measuring others"]
+        if evaluator.bn is not None and points_per_pass == 0:
+            reasons.append("BN statistics are re-estimated at every point: 1 point per pass")
+        return evaluation, evaluator, dataclasses.replace(start, note=(
+            f"configuration {'measured' if searched else 'as given'} ({describe(start)}): "
+            + "; ".join([searched] * bool(searched) + reasons)))
     times, failed, current = {}, {}, evaluator
     for cl in layouts:
         if cl != laid_out(current):
@@ -117,7 +205,7 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
         for k in ks:
             try:
                 current.set_points_per_pass(k)
-                times[cl, k] = t_given if (cl, k) == (fixed.channels_last, fixed.points_per_pass) \
+                times[cl, k] = t_start if (cl, k) == (fixed.channels_last, fixed.points_per_pass) \
                     else seconds_per_point(current)[0]
             except Exception as exc:  # vmap cannot run the model, out of memory: no larger K either
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
@@ -128,9 +216,9 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     times = comm.bcast(times, root=0)
     given = (fixed.channels_last, fixed.points_per_pass)
     cl, k = min((c for c in times if c not in failed), key=times.get, default=given)
-    if times.get((cl, k), t_given) * MARGIN > t_given:  # not clearly faster: keep the given configuration
+    if times.get((cl, k), t_start) * MARGIN > t_start:  # not clearly faster: keep the given configuration
         cl, k = given
-    best = times.get((cl, k), t_given)
+    best = times.get((cl, k), t_start)
     use_compile, compile_note = fixed.compile, ""
     if compile is None and points_left / max(groups, 1) * best > COMPILE_WORTH:
         current = swap(current, build, dataclasses.replace(evaluation, channels_last=cl, compile=True), k)
@@ -144,17 +232,17 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
         if ok:
             compile_note = f"; compiled: {t_compiled * 1e3:.3g} ms"
         best = min(best, t_compiled)
-    chosen = Choice(cl, use_compile, k, "")
+    chosen = Choice(cl, use_compile, k, start.batch_size, "")
     final = dataclasses.replace(evaluation, channels_last=cl, compile=use_compile)
     if (laid_out(current), current.compile) != (cl, use_compile):
         current = swap(current, build, final, k)
     current.set_points_per_pass(k)
-    tried = ", ".join(f"{describe(Choice(c, fixed.compile, j, ''))} {t * 1e3:.3g} ms" for (c, j), t in times.items()
-                      if (c, j) not in failed)
+    tried = ", ".join(f"{describe(Choice(c, fixed.compile, j, start.batch_size, ''), batch=False)} {t * 1e3:.3g} ms"
+                      for (c, j), t in times.items() if (c, j) not in failed)
     fails = "".join(f"; {j} points per pass failed ({why})" for (c, j), why in failed.items() if c == cl)
     return final, current, dataclasses.replace(chosen, note=(
         f"configuration measured: {describe(chosen)}, {best * 1e3:.3g} ms per point against {t_given * 1e3:.3g} ms as "
-        f"given (tried: {tried}{compile_note}{fails})"))
+        f"given (tried: {'; '.join([searched] * bool(searched) + [tried])}{compile_note}{fails})"))
 
 
 def laid_out(evaluator) -> bool:
@@ -168,6 +256,6 @@ def swap(evaluator, build, evaluation, k: int):
     return build(evaluation, k)
 
 
-def describe(c: Choice) -> str:
+def describe(c: Choice, batch: bool = True) -> str:
     return (f"{'channels-last' if c.channels_last else 'contiguous'}, {c.points_per_pass} point(s) per pass"
-            + (", compiled" if c.compile else ""))
+            + (f", batch {c.batch_size}" if batch else "") + (", compiled" if c.compile else ""))

@@ -132,7 +132,7 @@ CONFIG_CASES = {
     "unknown-dir-type": (["--dir_type", "buffers"], ["dir_type", "'buffers'"]),
     "unknown-write": (["--write", "collective"], ["write", "'collective'"]),
     "unknown-split": (["--splits", "train,valid"], ["'valid'"]),
-    "batch-size-zero": (["--batch_size", "0"], ["batch_size"]),
+    "batch-size-negative": (["--batch_size=-1"], ["batch_size"]),
     "threads-negative": (["--threads=-2"], ["threads"]),
     "seed-not-a-number": (["--seed", "one"], ["seed", "'one'"]),
     "yaml-bad-value": (["--config", "{badvalue.yaml}"], ["batch_size", "'many'"]),

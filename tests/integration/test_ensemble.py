@@ -16,10 +16,9 @@ from landscape.analysis import ensemble as stats
 from landscape.api import compute_surface
 from landscape.io import surface_file
 
-from conftest import ROOT, cli_env, command, kill_after, points_done, run_surface
+from conftest import FIXED, ROOT, cli_env, command, kill_after, points_done, run_surface
 
 MASK = surface_file.ENSEMBLE_MASK
-FIXED = ["--channels_last", "--points_per_pass", "1", "--no-compile"]  # files compared bit for bit
 
 
 def toy(n=96, seed=0):

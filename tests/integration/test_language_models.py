@@ -261,7 +261,8 @@ def test_model_file_takes_hugging_face_checkpoint_folders(files, tmp_path):
     np.testing.assert_allclose(loss, [brute_force_lm(reference.eval(), ids)[0], brute_force_lm(two, ids)[0]], rtol=1e-5)
 
 
-EXACT = ["--points_per_pass", "1", "--no-compile", "--no-channels_last", "--threads", "1", "--no-plot", "--no-progress"]
+EXACT = ["--points_per_pass", "1", "--no-compile", "--no-channels_last", "--batch_size", "512", "--threads", "1", "--no-plot",
+         "--no-progress"]
 
 
 def clear_and_rerun(path, args, points, ranks=2):

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_env, command, kill_after, run_surface
+from conftest import FIXED, ROOT, cli_env, command, kill_after, run_surface
 from conftest import points_done as done
 
 KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
@@ -19,7 +19,6 @@ BASE = ["--model", "digits_cnn", "--x=-1:1:5", "--y=-1:1:3", "--splits", "train,
         "--threads", "1", "--no-plot", "--no-progress"]
 # The evaluation configuration fixed where files are compared bit for bit: left automatic, two independent
 # runs may pick configurations whose values differ in the last float bits (core/tuning.py).
-FIXED = ["--channels_last", "--points_per_pass", "1", "--no-compile"]
 
 
 def values(path) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import ROOT, cli_env, command  # noqa: E402
+from conftest import FIXED, ROOT, cli_env, command  # noqa: E402
 
 NX = NY = 11
 TOTAL = NX * NY
@@ -49,7 +49,6 @@ JOBS: list = []  # every job started, so that a failing test leaves no process b
 
 # The evaluation configuration is fixed: left automatic, two independent runs may pick configurations whose
 # values differ in the last float bits (core/tuning.py), and these tests compare files bit for bit.
-FIXED = ("--channels_last", "--points_per_pass", "1", "--no-compile")
 
 
 def job_args(path: Path, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ from landscape.core.models import DigitsCNN, DigitsMLP
 
 from conftest import run_surface
 
-PLAIN = {"channels_last": False, "compile": False, "points_per_pass": 1}
+PLAIN = {"channels_last": False, "compile": False, "points_per_pass": 1, "batch_size": 512}
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def digits(n=300):
 
 @pytest.mark.parametrize("model", [DigitsCNN, DigitsMLP])
 def test_every_configuration_gives_the_plain_values(model):
-    """Each configuration the tuner can choose (layout × K × compile), forced, equals the plain path."""
+    """Each configuration the tuner can choose (layout × K × compile × batch size), forced, equals the plain path."""
     torch.manual_seed(0)
     net, data = model(), digits()
     dirs = random_directions(net, seed=0, ndim=2)
@@ -43,9 +43,11 @@ def test_every_configuration_gives_the_plain_values(model):
     for cl in (False, True):
         for k in (1, 4, 16):
             for compiled in ((False, True) if k == 4 else (False,)):
-                got = compute_surface(net, data, x="-1:1:4", y="-1:1:3", directions=dirs, channels_last=cl,
-                                      compile=compiled, points_per_pass=k).values["train/loss"]
-                np.testing.assert_allclose(got, plain, rtol=2e-5, err_msg=f"channels_last={cl} K={k} compile={compiled}")
+                for batch in ((32, 512, 1024) if k == 4 and not compiled else (512,)):
+                    got = compute_surface(net, data, x="-1:1:4", y="-1:1:3", directions=dirs, channels_last=cl,
+                                          compile=compiled, points_per_pass=k, batch_size=batch).values["train/loss"]
+                    np.testing.assert_allclose(got, plain, rtol=2e-5,
+                                               err_msg=f"channels_last={cl} K={k} compile={compiled} batch {batch}")
 
 
 def test_the_measured_choice_gives_the_plain_values_and_says_what_it_tried(always):
@@ -55,9 +57,11 @@ def test_the_measured_choice_gives_the_plain_values_and_says_what_it_tried(alway
     auto = compute_surface(net, data, x="-1:1:6", directions=dirs)
     note = auto.notes[-1]
     assert note.startswith("configuration measured:") and "channels-last" in note and "16 point(s)" in note, note
+    assert "batch 512 " in note and "batch 256 " in note, note  # the batch size searched from 512 down (300 examples)
     plain = compute_surface(net, data, x="-1:1:6", directions=dirs, **PLAIN)
     np.testing.assert_allclose(auto.values["train/loss"], plain.values["train/loss"], rtol=2e-5)
     assert auto.evaluation.channels_last in (False, True) and not auto.evaluation.compile
+    assert f"batch {auto.evaluation.batch_size}" in note.split(" ms per point")[0]
 
 
 class DataDependent(nn.Module):
@@ -83,7 +87,7 @@ def test_points_per_pass_fall_back_when_vmap_cannot_run_the_model(always):
 
 def test_a_short_run_keeps_the_given_configuration():
     s = compute_surface(DigitsMLP(), digits(64), x="-1:1:3")
-    assert s.notes[-1].startswith("configuration as given (contiguous, 1 point(s) per pass)"), s.notes
+    assert s.notes[-1].startswith("configuration as given (contiguous, 1 point(s) per pass, batch 512)"), s.notes
 
 
 def test_a_short_run_of_a_conv_net_on_the_cpu_runs_channels_last():
@@ -92,7 +96,7 @@ def test_a_short_run_of_a_conv_net_on_the_cpu_runs_channels_last():
     net, data = DigitsCNN(), digits(64)
     strides = {n: p.stride() for n, p in net.named_parameters()}
     s = compute_surface(net, data, x="-1:1:3")
-    assert s.notes[-1].startswith("configuration as given (channels-last, 1 point(s) per pass)"), s.notes
+    assert s.notes[-1].startswith("configuration as given (channels-last, 1 point(s) per pass, batch 512)"), s.notes
     assert s.evaluation.channels_last
     # the model is left as it was, strides too: the first conv's weight (one input channel) is contiguous in either
     # layout, and channels-last strides left on it would make a later contiguous run channels-last in disguise
@@ -112,7 +116,7 @@ def test_the_choice_is_the_same_on_every_rank_and_recorded_as_a_run_option(tmp_p
     with h5py.File(path) as f:
         options, job = json.loads(f.attrs["run_options"]), json.loads(f.attrs["job"])
     assert options["ranks"] == 2 and set(options["evaluation"]) == {*PLAIN, "fold_bn"}
-    assert not {"channels_last", "compile", "points_per_pass"} & set(job)
+    assert not {"channels_last", "compile", "points_per_pass", "batch_size"} & set(job)
     again = run_surface([*args, "--points_per_pass", "1", "--no-compile"], ranks=2)
     assert "this run: 0 points" in again.stdout + again.stderr
 
@@ -147,3 +151,58 @@ def test_measuring_leaves_bn_statistics_at_theta_star(tmp_path, always):
     compute_surface(net, data, x="-1:1:5", surf_file=tmp_path / "s.h5", bn_calibration=calibration)
     with h5py.File(tmp_path / "s.h5") as f:
         assert json.loads(f.attrs["job"])["model_fingerprint"] == before == fingerprint(net.state_dict())
+
+
+def test_an_automatic_batch_size_fits_the_memory_left_and_gives_the_plain_values(monkeypatch):
+    """With little memory left on the device, the batch size starts below 512: the largest power of two whose
+    activations (core.memory.example_bytes, an upper bound: at least the widest layer's output and the input
+    itself) fit HEADROOM of the room; larger ones are never tried. The values are the plain path's."""
+    import landscape.api as api
+    from landscape.core.memory import example_bytes
+
+    torch.manual_seed(0)
+    net, data = DigitsMLP(), digits()
+    dirs = random_directions(net, seed=0, ndim=1)
+    probe = compute_surface(net, data, x="-1:1:3", directions=dirs, **PLAIN)
+    per = example_bytes(probe.evaluation.evaluator(net, {"train": load_dataset("digits", splits=["train"])["train"]},
+                                                   dirs, "cpu"))
+    assert per >= 4 * 64 + 4 * 64  # the hidden layer's output and the 8×8 input, in float32
+    room = 70 * per / tuning.HEADROOM  # 64 examples fit, 128 do not
+    need = {}
+    real_needs = api.surface_needs
+
+    def needs(*args, **kw):
+        need.update(real_needs(*args, **kw))
+        return need
+
+    monkeypatch.setattr(api, "surface_needs", needs)
+    monkeypatch.setattr(api, "free_memory", lambda device: int(sum(need.values()) + room))
+    monkeypatch.setattr(tuning, "SHARE", float("inf"))
+    s = compute_surface(net, data, x="-1:1:7", directions=dirs)
+    assert s.evaluation.batch_size <= 64 and "batch 128" not in s.notes[-1], s.notes
+    np.testing.assert_allclose(s.values["train/loss"], compute_surface(net, data, x="-1:1:7", directions=dirs,
+                                                                       **PLAIN).values["train/loss"], rtol=2e-5)
+
+
+class BatchStatistics(nn.Module):
+    """BN without running statistics: each batch is normalized by its own, so the batch size changes values."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(64, track_running_stats=False)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.bn(x.flatten(1)))
+
+
+def test_the_batch_size_is_not_measured_where_it_changes_values(tmp_path, always):
+    """BN with each batch's statistics: an automatic batch size is 512, never another one, and it is part of the
+    job (a resume with another batch size is refused); the other choices are still measured."""
+    torch.manual_seed(0)
+    path = tmp_path / "s.h5"
+    s = compute_surface(BatchStatistics(), digits(), x="-1:1:7", surf_file=path)
+    assert s.evaluation.batch_size == 512 and "batch 256" not in s.notes[-1], s.notes
+    with h5py.File(path) as f:
+        assert json.loads(f.attrs["job"])["batch_size"] == 512
+        assert json.loads(f.attrs["run_options"])["evaluation"]["batch_size"] == 512
