@@ -3,15 +3,16 @@
     .venv/bin/python bench/auto_choice.py            # writes bench/results/auto_choice.json
 
 For each model, one surface job run by the CLI under `mpirun -n 2` (one torch thread per rank),
-whole process timed, with default options (`--channels_last`, `--compile`, `--points_per_pass`
-left out: measured at start-up) and with each hand-picked flag set, every flag pinned (so the
-flagged run measures nothing). Runs alternate: default, set 1, default, set 2, ... so each set has
+whole process timed, with default options (`--channels_last`, `--compile`, `--points_per_pass`,
+`--batch_size` left out: measured at start-up) and with each hand-picked flag set, every flag
+pinned (so the flagged run measures nothing; a set `name@B` is set `name` at batch size B, else the
+model's `batch`). Runs alternate: default, set 1, default, set 2, ... so each set has
 a default run next to it on a machine whose speed drifts. The grids are large enough that the
 start-up measurement runs (core/tuning.py: the measurements may cost at most SHARE of the run):
 
-- digits CNN: the digits train split (1438 images, batch 512), 41×41 grid;
-- digits MLP: the same data, 101×101 grid;
-- ResNet-20: 256 CIFAR-shaped images (CIFAR-10 python format, random pixels), batch 128, 13×13.
+- digits CNN: the digits train split (1438 images), 41×41 grid, sets at batch 512;
+- digits MLP: the same data, 101×101 grid, sets at batch 512;
+- ResNet-20: 256 CIFAR-shaped images (CIFAR-10 python format, random pixels), 13×13, sets at batch 128.
 
 Reported: each run's seconds and the configuration it printed; per model, the default's median
 over its runs against the best hand-picked set's time ("within 5%": ratio ≤ 1.05), and the ratio
@@ -45,14 +46,22 @@ SETS = {
     "points_per_pass_16": ["--no-channels_last", "--no-compile", "--points_per_pass", "16"],
 }
 MODELS = {
-    "digits_cnn": {"args": ["--model", "digits_cnn", "--dataset", "digits"], "side": 41,
+    "digits_cnn": {"args": ["--model", "digits_cnn", "--dataset", "digits"], "side": 41, "batch": 512,
                    "sets": ["plain", "channels_last", "compile", "compile_channels_last", "points_per_pass_4",
-                            "points_per_pass_16"]},
-    "digits_mlp": {"args": ["--model", "digits_mlp", "--dataset", "digits"], "side": 101,
-                   "sets": ["plain", "compile", "points_per_pass_4", "points_per_pass_16"]},
-    "resnet20": {"args": ["--model", "resnet20", "--dataset", "cifar10", "--batch_size", "128"], "side": 13,
-                 "images": 256, "sets": ["plain", "channels_last", "compile_channels_last", "points_per_pass_4"]},
+                            "points_per_pass_16", "channels_last@256"]},
+    "digits_mlp": {"args": ["--model", "digits_mlp", "--dataset", "digits"], "side": 101, "batch": 512,
+                   "sets": ["plain", "compile", "points_per_pass_4", "points_per_pass_16", "plain@2048",
+                            "points_per_pass_16@2048"]},
+    "resnet20": {"args": ["--model", "resnet20", "--dataset", "cifar10"], "side": 13, "batch": 128,
+                 "images": 256, "sets": ["plain", "channels_last", "compile_channels_last", "points_per_pass_4",
+                                         "channels_last@256"]},
 }
+
+
+def flags(name: str, batch: int) -> list[str]:
+    """The flags of set `name` (`base@B`: set base at batch size B), every choice pinned."""
+    base, _, size = name.partition("@")
+    return [*SETS[base], "--batch_size", size or str(batch)]
 
 
 def main():
@@ -76,16 +85,16 @@ def main():
             job += ["--data_dir", str(work / name)]
         runs, reference_loss = [], None
         for flagged in spec["sets"]:
-            for label, flags in (("default", []), (flagged, SETS[flagged])):
+            for label, pinned in (("default", []), (flagged, flags(flagged, spec["batch"]))):
                 surf = work / f"{name}_{len(runs)}_{label}.h5"  # a new file each run: nothing resumed
                 cmd = ["mpirun", "-n", str(args.ranks), PY, "-m", "landscape", "surface", *job,
-                       "--surf_file", str(surf), *flags]
+                       "--surf_file", str(surf), *pinned]
                 seconds, text = run(cmd, env)
                 with h5py.File(surf) as f:
                     loss = f["train/loss"][...]
                     options = json.loads(f.attrs["run_options"])["evaluation"]
                 reference_loss = loss if reference_loss is None else reference_loss
-                runs.append({"set": label, "seconds": seconds, "flags": flags, "evaluation": options,
+                runs.append({"set": label, "seconds": seconds, "flags": pinned, "evaluation": options,
                              "notes": [n for n in notes(text) if "configuration" in n],
                              "loss_max_abs_diff_to_first": float(np.abs(loss - reference_loss).max()),
                              "load_average_after": load_average()[0]})

@@ -55,8 +55,8 @@ from landscape.core.models import build_model  # noqa: E402
 
 PIN = ["--no-compile", "--fold_bn"]  # plus the automatic configuration's choice for each model (bench/auto_choice)
 MODELS = {  # side: CLI grid side; points: in-process points per variant and repetition
-    "digits_cnn": {"cli": ["--model", "digits_cnn", "--dataset", "digits"], "batch": 512, "channels_last": False,
-                   "pin": ["--no-channels_last", "--points_per_pass", "1"], "side": 31, "points": 20},
+    "digits_cnn": {"cli": ["--model", "digits_cnn", "--dataset", "digits"], "batch": 512, "channels_last": True,
+                   "pin": ["--channels_last", "--points_per_pass", "1"], "side": 31, "points": 20},
     "digits_mlp": {"cli": ["--model", "digits_mlp", "--dataset", "digits"], "batch": 512, "channels_last": False,
                    "pin": ["--no-channels_last", "--points_per_pass", "16"], "side": 101, "points": 200},
     "resnet20": {"cli": ["--model", "resnet20", "--dataset", "cifar10"], "batch": 128, "channels_last": True,

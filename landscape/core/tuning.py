@@ -70,8 +70,8 @@ def seconds_per_point(evaluator, batches: int = BATCHES, repeats: int = REPEATS)
     the first `batches` batches of each split, best of `repeats` after a warm-up, this rank alone."""
     k = evaluator.points_per_call
     coords = np.linspace(0.0, 1e-3, 2 * k).reshape(k, 2)[:, : len(evaluator.theta.directions)]
-    sizes = [math.ceil(len(s) / evaluator.batch_size) for s in evaluator.splits.values()]
-    scale = sum(sizes) / sum(min(batches, n) for n in sizes)
+    lengths = [len(s) for s in evaluator.splits.values()]  # scaled by examples: a short last batch costs less
+    scale = sum(lengths) / sum(min(batches * evaluator.batch_size, n) for n in lengths)
     group, evaluator.group, evaluator.batch_limit = evaluator.group, None, batches
     start = time.perf_counter()
     try:
@@ -114,12 +114,12 @@ def default_layout(model, splits, device) -> bool:
     return torch.device(device).type == "cpu" and convolves(model, splits)
 
 
-def search_batch_size(evaluator, t_given: float, unit: float, budget: float, fits, comm) -> tuple[int, float, dict]:
-    """(batch size, its seconds per point, {size: seconds per point} of those measured): from the evaluator's batch size B,
-    doubling while each step is STEP times faster, else halving likewise (not below MIN_BATCH, not past
-    one batch holding the largest split, only sizes that `fits`), while the measurements, each
-    estimated from `unit` (one at B) by its examples, stay within `budget`; B again unless the size
-    found is MARGIN times faster."""
+def search_batch_size(evaluator, t_given: float, unit: float, budget: float, fits, comm):
+    """(batch size, its seconds per point, {size: seconds per point} of those measured, seconds
+    spent measuring): from the evaluator's batch size B, doubling while each step is STEP times
+    faster, else halving likewise (not below MIN_BATCH, not past one batch holding the largest
+    split, only sizes that `fits`), while the measurements, each estimated from `unit` (one at B)
+    by its examples, stay within `budget`; B again unless the size found is MARGIN times faster."""
     given = best = evaluator.batch_size
     t_best, spent, tried = t_given, 0.0, {given: t_given}
     largest = max(len(s) for s in evaluator.splits.values())
@@ -142,10 +142,21 @@ def search_batch_size(evaluator, t_given: float, unit: float, budget: float, fit
             best, t_best = size, timing[0]
         if best != given:  # larger batches helped: smaller ones are not tried
             break
+    if best != given:  # confirmed against B measured again (the first measurements of a process run cold)
+        confirmed = True
+        for size in (given, best):
+            evaluator.batch_size = size
+            timing = measured(evaluator, comm) if spent + 2 * unit <= budget else None
+            if timing is None:
+                confirmed = False
+                break
+            spent += timing[1]
+            tried[size] = min(tried[size], timing[0])
+        t_given, t_best = tried[given], tried[best] if confirmed else math.inf
     if t_best * MARGIN > t_given:
         best, t_best = given, t_given
     evaluator.batch_size = best
-    return best, t_best, tried
+    return best, t_best, tried, spent
 
 
 def starting_batch(per_example: int, room: float) -> int:
@@ -167,21 +178,23 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     on its device, `per_example`: the activation bytes of an example (see `starting_batch`).
     Collective over `comm`: every rank calls it with the same arguments."""
     fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), evaluator.batch_size, "")
+    seconds_per_point(evaluator)  # the first measurement of a process runs cold (up to 1.8x slower in bench/)
     t_given, unit = comm.bcast(seconds_per_point(evaluator), root=0)  # unit: one measurement at K = 1
     run = points_left / max(groups, 1) * t_given
     budget = run * SHARE  # what the measurements may cost
+
     def fits(size: int, k: int) -> bool:  # the activations of k points of `size` examples within the room
         return size * k * per_example <= room * HEADROOM
 
     t_start, searched = t_given, ""
     if batch_size and evaluator.bn is None and not any(isinstance(s, StreamedSplit) for s in evaluator.splits.values()):
-        size, t_start, tried = search_batch_size(evaluator, t_given, unit, budget, fits, comm)
-        largest = max(len(s) for s in evaluator.splits.values())
-        budget -= sum(unit * min(b, largest) / min(fixed.batch_size, largest) for b in tried if b != fixed.batch_size)
+        size, t_start, tried, spent = search_batch_size(evaluator, t_given, unit, budget, fits, comm)
+        budget, t_given = budget - spent, tried[fixed.batch_size]  # the given one's best measurement
         if len(tried) > 1:
             searched = ", ".join(f"batch {b} {t * 1e3:.3g} ms" for b, t in tried.items())
         if size != fixed.batch_size:
             evaluation = dataclasses.replace(evaluation, batch_size=size)
+            largest = max(len(s) for s in evaluator.splits.values())
             unit *= min(size, largest) / min(fixed.batch_size, largest)
     start = dataclasses.replace(fixed, batch_size=evaluator.batch_size)
     layouts = [fixed.channels_last]
@@ -191,13 +204,11 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     if points_per_pass == 0 and evaluator.bn is None:
         ks += [k for k in (4, 16) if unit * len(layouts) * (1 + 4 + k) <= budget and fits(start.batch_size, k)]
     candidates = [(cl, k) for cl in layouts for k in ks]
-    if len(candidates) == 1 and not (compile is None and run > COMPILE_WORTH):
-        reasons = [] if searched else [f"the run, about {run:.3g} s per rank, is too short to repay measuring others"]
-        if evaluator.bn is not None and points_per_pass == 0:
-            reasons.append("BN statistics are re-estimated at every point: 1 point per pass")
+    if len(candidates) == 1 and not searched and not (compile is None and run > COMPILE_WORTH):
         return evaluation, evaluator, dataclasses.replace(start, note=(
-            f"configuration {'measured' if searched else 'as given'} ({describe(start)}): "
-            + "; ".join([searched] * bool(searched) + reasons)))
+            f"configuration as given ({describe(start)}): the run, about {run:.3g} s per rank, is too short to repay "
+            "measuring others" + ("; BN statistics are re-estimated at every point: 1 point per pass"
+                                  if evaluator.bn is not None and points_per_pass == 0 else "")))
     times, failed, current = {}, {}, evaluator
     for cl in layouts:
         if cl != laid_out(current):
