@@ -381,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user mistake prints one line and exits 2; under MPI an unexpected
     error on one rank aborts the whole job (no rank hangs), and the file stays resumable."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("surface", "hessian", "sharpness", "spectrum", "train"):
+        from ..core.device import keep_freed_memory
+
+        keep_freed_memory()  # every batch's activations reuse the memory freed by the last one
     if argv and argv[0] in ("surface", "hessian", "sharpness"):
         from ..engine.signals import install_stop_handlers
 

@@ -40,6 +40,23 @@ def set_threads(requested: int, comm) -> None:
     torch.set_num_threads(requested)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next batch: no block mapped on its own
+    (M_MMAP_MAX = 0) and no heap trimmed below 2 GiB of free top (M_TRIM_THRESHOLD). By default
+    a batch's activations above the mmap threshold (32 MiB at most: a ResNet's first block at
+    batch 512) are mapped and unmapped at every batch, and a freed heap top is given back, so
+    their pages are faulted in and zeroed again at every point: 1.3-1.6x the time of a CPU job in
+    bench/cpu_study.py. Set by the CLI's evaluating commands; memory freed stays with the process,
+    which reuses it (its peak is what it holds). False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def ranks_per_device(comm, device: torch.device) -> int:
     """How many ranks of this node share `device` (all of them for the CPU)."""
     n = _ranks_on_node(comm)[1]

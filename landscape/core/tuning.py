@@ -122,13 +122,16 @@ def search_batch_size(evaluator, t_given: float, unit: float, budget: float, fit
     by its examples, stay within `budget`; B again unless the size found is MARGIN times faster."""
     given = best = evaluator.batch_size
     t_best, spent, tried = t_given, 0.0, {given: t_given}
-    largest = max(len(s) for s in evaluator.splits.values())
+    lengths = [len(s) for s in evaluator.splits.values()]
+    largest = max(lengths)
     for step in (2.0, 0.5):
         size = best
         while True:
             size = int(size * step)
             if size < MIN_BATCH or (step > 1 and size // 2 >= largest) or not fits(size, evaluator.points_per_call):
                 break
+            if all(min(size, n) == min(best, n) for n in lengths):  # the same batches (splits shorter than both)
+                continue
             if spent + unit * min(size, largest) / min(given, largest) > budget:
                 break
             evaluator.batch_size = size
@@ -178,7 +181,6 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     on its device, `per_example`: the activation bytes of an example (see `starting_batch`).
     Collective over `comm`: every rank calls it with the same arguments."""
     fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), evaluator.batch_size, "")
-    seconds_per_point(evaluator)  # the first measurement of a process runs cold (up to 1.8x slower in bench/)
     t_given, unit = comm.bcast(seconds_per_point(evaluator), root=0)  # unit: one measurement at K = 1
     run = points_left / max(groups, 1) * t_given
     budget = run * SHARE  # what the measurements may cost

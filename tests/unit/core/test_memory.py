@@ -58,3 +58,32 @@ def test_check_fits_is_one_line_naming_the_fixes():
     message = str(info.value)
     assert "\n" not in message and "15.00 GiB" in message and "8.00 GiB" in message
     assert "lower --points_per_pass" in message and "2 rank(s)" in message
+
+
+def test_keep_freed_memory_keeps_a_freed_batch_for_the_next_one():
+    """After keep_freed_memory (what the CLI's evaluating commands call), a 64 MiB tensor is allocated from the
+    heap, not mapped on its own, and its memory stays with the process once freed (glibc's mallinfo2): the next
+    batch reuses it instead of faulting fresh pages in. Without it, the same tensor is mapped and unmapped."""
+    import subprocess
+    import sys
+
+    script = """
+import ctypes, sys, torch
+from landscape.core.device import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                              "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+x = torch.ones(16 * 2**20)
+mapped = libc.mallinfo2().hblkhd
+del x
+print(kept, mapped >= 64 * 2**20, libc.mallinfo2().fordblks >= 64 * 2**20)
+"""
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert run("keep") == ["True", "False", "True"]
+    assert run("system") == ["False", "True", "False"]
