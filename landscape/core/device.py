@@ -41,18 +41,19 @@ def set_threads(requested: int, comm) -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for the next batch: no block mapped on its own
-    (M_MMAP_MAX = 0) and no heap trimmed below 2 GiB of free top (M_TRIM_THRESHOLD). By default
-    a batch's activations above the mmap threshold (32 MiB at most: a ResNet's first block at
-    batch 512) are mapped and unmapped at every batch, and a freed heap top is given back, so
-    their pages are faulted in and zeroed again at every point: 1.3-1.6x the time of a CPU job in
-    bench/cpu_study.py. Set by the CLI's evaluating commands; memory freed stays with the process,
-    which reuses it (its peak is what it holds). False where the C library is not glibc."""
+    """Have glibc's malloc keep freed memory for the next batch: blocks up to 32 MiB (its largest
+    mmap threshold) from the heap, and no heap trimmed below 2 GiB of free top (M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD). By default a batch's activations above a threshold that starts at 128 KiB
+    are mapped and unmapped at every batch until it has adapted, and a freed heap top is given
+    back, so their pages are faulted in and zeroed again at every point: 1.3-1.6x the time of a
+    CPU job in bench/cpu_study.py. Larger blocks are still mapped on their own (what an address-space
+    limit, `ulimit -v`, needs). Set by the CLI's evaluating commands; memory freed stays with the
+    process, which reuses it. False where the C library is not glibc."""
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+        return bool(libc.mallopt(-3, 32 * 2**20)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_THRESHOLD, M_TRIM_
     except (OSError, AttributeError):
         return False
 
