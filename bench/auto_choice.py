@@ -15,8 +15,8 @@ start-up measurement runs (core/tuning.py: the measurements may cost at most SHA
 - ResNet-20: 256 CIFAR-shaped images (CIFAR-10 python format, random pixels), 13×13, sets at batch 128.
 
 Reported: each run's seconds and the configuration it printed; per model, the default's median
-over its runs against the best hand-picked set's time ("within 5%": ratio ≤ 1.05), and the ratio
-within each default/flagged pair.
+over its runs against the best hand-picked set's (its median over `--repeat` runs; "within 5%":
+ratio ≤ 1.05), and the median ratio within each default/flagged pair.
 """
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--sets", help="only these sets (comma-separated), for every model asked")
+    p.add_argument("--repeat", type=int, default=1, help="each default/set pair this many times (medians compared)")
     p.add_argument("--work", help="folder for the data and files (default: a temporary one, removed)")
     p.add_argument("--output", default=str(ROOT / "bench" / "results" / "auto_choice.json"))
     args = p.parse_args()
@@ -84,7 +86,8 @@ def main():
             write_cifar(work / name, spec["images"], 16)
             job += ["--data_dir", str(work / name)]
         runs, reference_loss = [], None
-        for flagged in spec["sets"]:
+        chosen = args.sets.split(",") if args.sets else spec["sets"]
+        for flagged in [s for _ in range(args.repeat) for s in chosen]:
             for label, pinned in (("default", []), (flagged, flags(flagged, spec["batch"]))):
                 surf = work / f"{name}_{len(runs)}_{label}.h5"  # a new file each run: nothing resumed
                 cmd = ["mpirun", "-n", str(args.ranks), PY, "-m", "landscape", "surface", *job,
@@ -100,9 +103,10 @@ def main():
                              "load_average_after": load_average()[0]})
                 print(f"{name:10s} {label:22s} {seconds:6.1f} s  {options}", flush=True)
         defaults = [r["seconds"] for r in runs if r["set"] == "default"]
-        flagged = {r["set"]: r["seconds"] for r in runs if r["set"] != "default"}
+        flagged = {s: float(np.median([r["seconds"] for r in runs if r["set"] == s])) for s in chosen}  # medians
         best = min(flagged, key=flagged.get)
-        pairs = {runs[i + 1]["set"]: runs[i]["seconds"] / runs[i + 1]["seconds"] for i in range(0, len(runs), 2)}
+        pairs = {s: float(np.median([runs[i]["seconds"] / runs[i + 1]["seconds"] for i in range(0, len(runs), 2)
+                                     if runs[i + 1]["set"] == s])) for s in chosen}
         summary = {"command": " ".join(["mpirun", "-n", str(args.ranks), "landscape", "surface", *job]),
                    "default_median_s": float(np.median(defaults)), "default_s": defaults, "flagged_s": flagged,
                    "best_hand_picked": best, "default_over_best": float(np.median(defaults)) / flagged[best],

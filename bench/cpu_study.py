@@ -12,16 +12,17 @@ median and as the median over repetitions of its ratio to the baseline of the sa
 1. threads: the whole CLI job (`landscape surface`, every choice pinned to the one the automatic
    configuration makes for the model, so nothing is measured at start-up), whole process timed:
    `mpirun -n 2`, one torch thread per rank (baseline) against `mpirun -n 1 --threads 2`.
-2. in-process, one torch thread, points_per_pass 1, BN folded (`Evaluation(...).evaluator`),
+2. in-process (freed memory kept, as the CLI does), one torch thread, points_per_pass 1, BN folded (`Evaluation(...).evaluator`),
    seconds per grid point over the same random coordinates for each variant:
    - no_grad: the evaluator as it is (`evaluate_point` is under `torch.no_grad()`): baseline;
    - inference_mode: the call wrapped in `torch.inference_mode()` (checked in a forward hook);
    - mkldnn_off: the call under `torch.backends.mkldnn.flags(enabled=False)`;
    - alternating_order: each split's batches in forward order on even points and in reverse
      order on odd points (a subclass of the evaluator), so the batches last touched come first.
-3. oneDNN's primitive cache, `ONEDNN_PRIMITIVE_CACHE_CAPACITY` unset (baseline), 0 and 4096: an
-   environment variable, so each variant is a fresh process (this script with `--worker`) that
-   times the same points as in 2 after one warm-up point.
+3. process settings, each a fresh process (this script with `--worker`) timing the same points as
+   in 2 after one warm-up point: glibc's malloc as the CLI sets it (core.device.keep_freed_memory:
+   baseline) or left at its defaults, and oneDNN's primitive cache
+   (`ONEDNN_PRIMITIVE_CACHE_CAPACITY` unset, 0, 4096; an environment variable).
 
 Every variant must give the baseline's losses within float rounding (asserted); the largest
 differences of the losses and accuracies are reported.
@@ -49,6 +50,7 @@ from reference import PY, ROOT, load_average, mpi_env, notes, run, write_cifar  
 
 sys.path.insert(0, str(ROOT))
 from landscape.core.data import load_dataset  # noqa: E402
+from landscape.core.device import keep_freed_memory  # noqa: E402
 from landscape.core.directions import random_directions  # noqa: E402
 from landscape.core.evaluate import Evaluation, SurfaceEvaluator  # noqa: E402
 from landscape.core.models import build_model  # noqa: E402
@@ -66,7 +68,9 @@ QUICK = {"digits_cnn": {"side": 5, "points": 3}, "digits_mlp": {"side": 9, "poin
          "resnet20": {"side": 3, "points": 1, "images": 64}}
 warnings.filterwarnings("ignore", message="TF32 acceleration")  # from torch.backends.mkldnn.flags
 THREADS = {"ranks2_threads1": (2, 1), "ranks1_threads2": (1, 2)}  # variant: (ranks, torch threads per rank)
-CACHE = ["default", "0", "4096"]  # ONEDNN_PRIMITIVE_CACHE_CAPACITY; default: unset
+PROCESS = {  # variant: (ONEDNN_PRIMITIVE_CACHE_CAPACITY or None: unset, keep_freed_memory called)
+    "keep_freed_memory": (None, True), "glibc_default": (None, False), "cache_0": ("0", True),
+    "cache_4096": ("4096", True)}
 
 
 class Alternating(SurfaceEvaluator):
@@ -175,9 +179,11 @@ def in_process(name: str, spec: dict, work: Path, reps: int) -> dict:
     return out
 
 
-def worker(name: str, spec: dict, work: Path, reps: int) -> None:
+def worker(name: str, spec: dict, work: Path, reps: int, keep: bool) -> None:
     """Seconds per point (median of `reps` passes over the points, after one warm-up point) and the values, as JSON."""
     torch.set_num_threads(1)
+    if keep:
+        keep_freed_memory()
     ev, coords = evaluator(name, spec, work), coordinates(spec)
     ev(coords[:1])
     seconds = []
@@ -188,21 +194,23 @@ def worker(name: str, spec: dict, work: Path, reps: int) -> None:
     print(json.dumps({"seconds": float(np.median(seconds)), "values": values.tolist(), "metrics": ev.metrics}))
 
 
-def primitive_cache(name: str, spec: dict, work: Path, reps: int, quick: bool) -> dict:
-    times, values, metrics = {v: [] for v in CACHE}, {}, None
+def process_settings(name: str, spec: dict, work: Path, reps: int, quick: bool) -> dict:
+    times, values, metrics = {v: [] for v in PROCESS}, {}, None
     for rep in range(reps):
-        for v in rotated(CACHE, rep):
+        for v in rotated(list(PROCESS), rep):
+            cache, keep = PROCESS[v]
             env = {k: val for k, val in mpi_env(1).items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-            if v != "default":
-                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = v
-            _, text = run([PY, __file__, "--worker", name, "--work", str(work), *(["--quick"] if quick else [])], env)
+            if cache is not None:
+                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = cache
+            _, text = run([PY, __file__, "--worker", name, "--work", str(work), *(["--quick"] if quick else []),
+                           *(["--keep"] if keep else [])], env)
             got = json.loads(text.strip().splitlines()[-1])
             times[v].append(got["seconds"])
             values.setdefault(v, np.array(got["values"]))
             metrics = got["metrics"]
-            print(f"onednn_cache {name:9s} {v:18s} {got['seconds'] * 1e3:8.2f} ms/point", flush=True)
-    out = summary(times, "default")
-    out["values"] = {v: check(f"cache {v}", values[v], values["default"], metrics, 1e-6) for v in CACHE}
+            print(f"process     {name:10s} {v:18s} {got['seconds'] * 1e3:8.2f} ms/point", flush=True)
+    out = summary(times, "keep_freed_memory")
+    out["values"] = {v: check(v, values[v], values["keep_freed_memory"], metrics, 1e-6) for v in PROCESS}
     return out
 
 
@@ -212,15 +220,17 @@ def main():
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--output", default=str(ROOT / "bench" / "results" / "cpu_study.json"))
     p.add_argument("--work", help="folder for the data and files (default: a temporary one, removed)")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # one primitive-cache measurement of this model
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # one process-settings measurement of this model
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)  # the worker keeps freed memory
     args = p.parse_args()
     specs = {n: {**MODELS[n], **(QUICK[n] if args.quick else {})} for n in args.models.split(",")}
     if args.worker:
-        return worker(args.worker, specs[args.worker], Path(args.work), 1 if args.quick else 3)
+        return worker(args.worker, specs[args.worker], Path(args.work), 1 if args.quick else 3, args.keep)
     reps = {"threads": 1, "in_process": 2, "cache": 1} if args.quick else {"threads": 3, "in_process": 7, "cache": 3}
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-cpu-"))
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the CLI does
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     result = {"machine": {"machine": platform.machine(), "cpu": cpu, "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -234,7 +244,7 @@ def main():
             write_cifar(work / name, spec["images"], 16)
         result["models"][name] = {"threads": threads_study(name, spec, work, reps["threads"]),
                                   "in_process": in_process(name, spec, work, reps["in_process"]),
-                                  "onednn_primitive_cache": primitive_cache(name, spec, work, reps["cache"], args.quick)}
+                                  "process_settings": process_settings(name, spec, work, reps["cache"], args.quick)}
     result["load_average_after"] = load_average()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

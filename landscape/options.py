@@ -147,9 +147,10 @@ class Job:
     loss_name: str = option("crossentropy", "`crossentropy`, `mse` (mean over classes of (softmax − one-hot)², as "
                             "the reference tool), or your own `package.module:function`: (logits, labels) → loss "
                             "summed over the batch", "evaluation", choices=LOSS_NAMES)
-    batch_size: int = option(0, "evaluation batch size; 0: measured at start-up from 512 up or down in powers of two "
-                             "within the memory budget (512 where BN uses each batch's statistics or is "
-                             "re-estimated, or the data are streamed; see \"Fast by default\")", "evaluation")
+    batch_size: int = option(0, "evaluation batch size; 0: chosen at start-up: 512, or less where a batch's "
+                             "activations would not fit the memory left, then doubled or halved while measured "
+                             "faster (not for streamed data); always 512 where BN uses each batch's statistics or is "
+                             "re-estimated (see \"Fast by default\")", "evaluation")
     points_per_pass: int = option(0, "grid points per forward pass: K parameter sets stacked and evaluated with "
                                   "`vmap(functional_call)` (K×θ memory); 0: measured at start-up among 1, 4, 16 "
                                   "(1 when vmap cannot run the model or BN is re-estimated; see \"Fast by "

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from .directions import target_tensors
+from .models import weights_dtype
 from .stream import StreamedSplit, gib
 from .theta import LOW_PRECISION
 
@@ -70,8 +71,9 @@ def example_bytes(evaluator, examples: int = 8) -> int:
     peak allocated above what was allocated before, over a batch of a few examples; on a CPU, the
     sum of every module's outputs (no_grad frees each once it is used, so the true peak is
     lower) and the root's; both per example, plus the example itself (a batch slice or copy)."""
-    split = next(iter(evaluator.splits.values()))
-    x, _ = next(split.batches(min(examples, len(split)), evaluator.device))
+    x = next(iter(evaluator.splits.values())).head(examples).to(evaluator.device, evaluator.memory_format).inputs
+    if x.is_floating_point():  # as the evaluator casts them (no loader of this size for a streamed split)
+        x = x.to(weights_dtype(evaluator.model))
     n = len(x)
     forward = getattr(evaluator.forward, "_orig_mod", evaluator.forward)  # not compiled: no compilation for this
     modules = forward if isinstance(forward, nn.Module) else evaluator.model
