@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.mpi import on_all
 from ..options import DEFAULT_BATCH
 from .stream import StreamedSplit
 
@@ -181,7 +182,8 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     on its device, `per_example`: the activation bytes of an example (see `starting_batch`).
     Collective over `comm`: every rank calls it with the same arguments."""
     fixed = Choice(laid_out(evaluator), bool(compile), max(points_per_pass, 1), evaluator.batch_size, "")
-    t_given, unit = comm.bcast(seconds_per_point(evaluator), root=0)  # unit: one measurement at K = 1
+    # unit: one measurement at K = 1; a failure on one rank (the model raises) is every rank's, none waits
+    t_given, unit = comm.bcast(on_all(comm, lambda: seconds_per_point(evaluator)), root=0)
     run = points_left / max(groups, 1) * t_given
     budget = run * SHARE  # what the measurements may cost
 

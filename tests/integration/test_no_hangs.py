@@ -112,6 +112,8 @@ def api_run(tmp_path, ranks: int, group: int, fail: str | None):
     assert proc.returncode == 0, proc.stderr
     outcomes = {int(p.stem[4:]): p.read_text() for p in tmp_path.glob("rank*.txt")}
     assert sorted(outcomes) == list(range(ranks)), proc.stderr
+    if not (tmp_path / "s.h5").exists():
+        return outcomes, None
     with h5py.File(tmp_path / "s.h5") as f:
         return outcomes, int(f["mask"][...].sum())
 
@@ -131,3 +133,13 @@ def test_a_rank_that_fails_mid_run_of_the_api_makes_every_rank_raise(tmp_path, r
     if ranks == 4:
         outcomes, done = api_run(tmp_path, ranks, group, None)
         assert set(outcomes.values()) == {"finished"} and done == 81
+
+
+def test_a_rank_that_fails_in_the_start_up_measurement_makes_every_rank_raise(tmp_path):
+    """Rank 1's MLP raises in its 4th forward pass: after the class check and the activation probe, inside the
+    first timing of the start-up measurement (core.tuning; the batch size is automatic). Rank 0 raises too instead
+    of waiting for rank 1's time, and no file is begun."""
+    outcomes, done = api_run(tmp_path, 2, 1, "1:3")
+    assert outcomes[1] == "RuntimeError: injected failure on rank 1", outcomes
+    assert outcomes[0].startswith("RuntimeError: rank 1 failed (RuntimeError: injected failure on rank 1)"), outcomes
+    assert done is None
