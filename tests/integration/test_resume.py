@@ -47,6 +47,10 @@ KILLS = {"tried": 0}  # kill points tried in this module (printed at the end)
 JOBS: list = []  # every job started, so that a failing test leaves no process behind
 
 
+# Jobs to be killed mid-run are slowed (the values do not change, only the time per point): at full speed the
+# 121 points take about 1.3 s on 2 cores, less than the watcher needs to see a target and deliver the kill.
+SLOWED = {"LANDSCAPE_SLOW_RANKS": "0:4,1:4"}
+
 # The evaluation configuration is fixed: left automatic, two independent runs may pick configurations whose
 # values differ in the last float bits (core/tuning.py), and these tests compare files bit for bit.
 
@@ -314,7 +318,7 @@ def test_sigkill_one_rank_then_resume(tmp_path, reference):
             ("points", rng.uniform(0.1, 0.4), str(rng.choice([0, 1]))),
             ("points", rng.uniform(0.5, 0.85), "1")]
     for kind, value, rank in plan:
-        kill_then_check(Job(path), rank, (kind, value), reference)
+        kill_then_check(Job(path, env=SLOWED), rank, (kind, value), reference)
     complete(path, reference)
 
 
@@ -323,7 +327,7 @@ def test_sigkill_whole_job_then_resume(tmp_path, reference):
     path = tmp_path / "surface.h5"
     plan = [("creating", None), ("points", rng.uniform(0.15, 0.45)), ("points", rng.uniform(0.5, 0.85))]
     for trigger in plan:
-        kill_then_check(Job(path), "job", trigger, reference)
+        kill_then_check(Job(path, env=SLOWED), "job", trigger, reference)
     complete(path, reference)
 
 
@@ -332,7 +336,7 @@ def test_gather_writer_kill_then_resume(tmp_path, reference):
     rng = random.Random(3)
     path = tmp_path / "surface.h5"
     gather = ("--write", "gather")
-    kill_then_check(Job(path, extra=gather), "0", ("points", rng.uniform(0.3, 0.7)), reference)
+    kill_then_check(Job(path, extra=gather, env=SLOWED), "0", ("points", rng.uniform(0.3, 0.7)), reference)
     complete(path, reference, extra=gather)
 
 
@@ -360,7 +364,7 @@ def test_sigterm_sigusr1_and_lock(tmp_path, reference):
     print(f"SIGTERM to mpirun: exit 1 (OpenMPI's own code), ranks stopped cleanly, {done}/{TOTAL} points")
 
     # 2. SIGUSR1 to mpirun: forwarded at once, mpirun passes on the ranks' 75
-    job = Job(path)
+    job = Job(path, env=SLOWED)
     job.wait_points(done + max(2, (TOTAL - done) // 4))
     os.kill(job.proc.pid, signal.SIGUSR1)
     KILLS["tried"] += 1
@@ -371,7 +375,7 @@ def test_sigterm_sigusr1_and_lock(tmp_path, reference):
     print(f"SIGUSR1 to mpirun: exit 75, {done2}/{TOTAL} points")
 
     # 3. SIGTERM to every rank (srun, a scheduler signalling the job step): 75
-    job = Job(path)
+    job = Job(path, env=SLOWED)
     job.wait_points(done2 + max(2, (TOTAL - done2) // 4))
     job.signal_all_ranks(signal.SIGTERM)
     KILLS["tried"] += 1
