@@ -237,16 +237,10 @@ def tune(evaluation, evaluator, build, *, channels_last: bool | None, compile: b
     use_compile, compile_note = fixed.compile, ""
     if compile is None and points_left / max(groups, 1) * best > COMPILE_WORTH:
         current = swap(current, build, dataclasses.replace(evaluation, channels_last=cl, compile=True), k)
-        try:
-            t_compiled, ok = seconds_per_point(current)[0], True
-        except Exception as exc:
-            t_compiled, ok, compile_note = math.inf, False, f"; compile failed ({type(exc).__name__})"
-        ok = all(comm.allgather(ok))
-        t_compiled = comm.bcast(t_compiled, root=0)
-        use_compile = ok and t_compiled < best
-        if ok:
-            compile_note = f"; compiled: {t_compiled * 1e3:.3g} ms"
-        best = min(best, t_compiled)
+        timing = measured(current, comm)
+        use_compile = timing is not None and timing[0] < best
+        compile_note = "; compile failed on some rank" if timing is None else f"; compiled: {timing[0] * 1e3:.3g} ms"
+        best = best if timing is None else min(best, timing[0])
     chosen = Choice(cl, use_compile, k, start.batch_size, "")
     final = dataclasses.replace(evaluation, channels_last=cl, compile=use_compile)
     if (laid_out(current), current.compile) != (cl, use_compile):
